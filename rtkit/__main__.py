@@ -1,0 +1,98 @@
+"""Command line: ``python -m rtkit serve [--host H] [--port P]``.
+
+Runs the same server the notebooks start in the kernel, so ``static/client.html``
+works without Jupyter. Ctrl-C (SIGINT) or SIGTERM closes every connection with
+1001, frees the port and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .server import DEFAULT_HOST, PortInUseError, Server, default_port
+
+__all__ = ["main"]
+
+logger = logging.getLogger("rtkit.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``rtkit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rtkit", description="Run the rtkit teaching server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve the browser client, /health and WebSocket on one port"
+    )
+    serve.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to bind (default: %(default)s; 0.0.0.0 exposes the server "
+        "to the network)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to bind (default: RTKIT_PORT or 8765; 0 picks a free port)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSocket upgrades from ORIGIN, e.g. "
+        "https://hub.example.org, or null for pages opened from files "
+        "(repeatable)",
+    )
+    serve.add_argument(
+        "--max-size",
+        type=int,
+        default=2**20,
+        metavar="BYTES",
+        help="largest incoming message in bytes; larger ones close with 1009 "
+        "(default: %(default)s)",
+    )
+    return parser
+
+
+async def serve_until_stopped(server: Server) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then stop it cleanly."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_requested.set)
+    async with server:
+        logger.info("open %s in a browser; press Ctrl-C to stop", server.url)
+        await stop_requested.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        server = Server(
+            args.host,
+            args.port,
+            allowed_origins=args.allow_origin,
+            max_size=args.max_size,
+        )
+        asyncio.run(serve_until_stopped(server))
+    except (PortInUseError, ValueError) as exc:
+        print(f"rtkit: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The classic echo handler: a greeting on connect, then every text echoed back."""
+
+from __future__ import annotations
+
+import json
+
+from websockets.asyncio.server import ServerConnection
+
+__all__ = ["WELCOME", "echo", "echo_reply", "error_message"]
+
+WELCOME = "Welcome to the WebSocket server!"
+"""The first message each client receives."""
+
+
+def echo_reply(text: str) -> str:
+    """Return the echo server's reply to ``text``."""
+    return f"Server received: {text}"
+
+
+def error_message(code: str, message: str) -> str:
+    """Return an ``error`` message in rtkit's JSON envelope.
+
+    Args:
+        code: a short machine-readable name, such as ``"binary_unsupported"``.
+        message: a sentence for the person reading the client's log.
+    """
+    return json.dumps({"type": "error", "code": code, "message": message})
+
+
+async def echo(connection: ServerConnection) -> None:
+    """Greet ``connection``, then answer each text message with its echo.
+
+    A binary frame gets an ``error`` message back and the connection stays
+    open. Closing, including abrupt disconnects and websockets' 1009 close for
+    oversized messages, ends the loop with :exc:`~websockets.ConnectionClosed`,
+    which the rtkit server handles.
+    """
+    await connection.send(WELCOME)
+    async for message in connection:
+        if isinstance(message, str):
+            await connection.send(echo_reply(message))
+        else:
+            await connection.send(
+                error_message(
+                    "binary_unsupported",
+                    f"binary frames are not supported (received {len(message)} "
+                    "bytes); send text frames instead",
+                )
+            )

@@ -1,0 +1,135 @@
+"""HTTP routes answered on the WebSocket port.
+
+websockets reads every request on the port, upgrade or not, and passes it to the
+server's ``process_request`` hook. rtkit answers plain HTTP requests there (the
+browser client, its static files, ``/health``) and lets WebSocket upgrades on
+``/ws`` and ``/`` through to the connection handler. Each HTTP response closes
+its TCP connection, because websockets does not keep HTTP connections alive.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+__all__ = [
+    "STATIC_DIR",
+    "WEBSOCKET_PATHS",
+    "http_response",
+    "is_upgrade",
+    "json_response",
+    "resolve_static",
+    "static_response",
+    "text_response",
+]
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+"""The folder served under ``/static/``: ``static/`` at the top of the checkout."""
+
+WEBSOCKET_PATHS = frozenset({"/", "/ws"})
+"""Paths that accept a WebSocket upgrade."""
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def is_upgrade(request: Request) -> bool:
+    """Return whether ``request`` asks for a WebSocket upgrade."""
+    tokens = request.headers.get("Upgrade", "").lower().split(",")
+    return "websocket" in (token.strip() for token in tokens)
+
+
+def http_response(
+    status: HTTPStatus,
+    body: bytes,
+    content_type: str,
+    *,
+    head: bool = False,
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    """Build an HTTP response that websockets sends instead of a handshake.
+
+    Args:
+        status: the HTTP status.
+        body: the response body.
+        content_type: the ``Content-Type`` header value.
+        head: whether the request was ``HEAD``, which sends the headers only.
+        extra_headers: more headers to add.
+    """
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ]
+    )
+    for name, value in (extra_headers or {}).items():
+        headers[name] = value
+    return Response(status.value, status.phrase, headers, b"" if head else body)
+
+
+def text_response(status: HTTPStatus, text: str, *, head: bool = False) -> Response:
+    """Build a plain text response; ``text`` gets a final newline."""
+    body = (text.rstrip("\n") + "\n").encode()
+    return http_response(status, body, "text/plain; charset=utf-8", head=head)
+
+
+def json_response(
+    status: HTTPStatus, payload: dict[str, Any], *, head: bool = False
+) -> Response:
+    """Build a JSON response."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return http_response(status, body, "application/json", head=head)
+
+
+def resolve_static(url_path: str, root: Path = STATIC_DIR) -> Path | None:
+    """Map a URL path below ``/static/`` to a file inside ``root``.
+
+    The path is percent-decoded once, then resolved with symbolic links
+    followed, so ``..`` segments (plain or encoded), absolute paths and links
+    that lead outside ``root`` all fail the containment check.
+
+    Returns:
+        The file, or ``None`` when it does not exist or lies outside ``root``.
+    """
+    try:
+        relative = unquote(url_path, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in relative or "\\" in relative:
+        return None
+    root = root.resolve()
+    candidate = (root / relative.lstrip("/")).resolve()
+    if relative.startswith("/") or not candidate.is_relative_to(root):
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def static_response(path: Path, *, head: bool = False) -> Response:
+    """Build the response for a file found by :func:`resolve_static`."""
+    content_type = CONTENT_TYPES.get(path.suffix.lower())
+    if content_type is None:
+        guessed, _ = mimetypes.guess_type(path.name)
+        content_type = guessed or "application/octet-stream"
+    return http_response(HTTPStatus.OK, path.read_bytes(), content_type, head=head)
+
+
+def request_path(request: Request) -> str:
+    """Return the path of ``request`` without its query string."""
+    return urlsplit(request.path).path

@@ -1,0 +1,451 @@
+"""The rtkit server: one port for the browser client, plain HTTP and WebSocket.
+
+The server is a :func:`websockets.asyncio.server.serve` server created on the
+event loop that is already running, which in Jupyter is the kernel's loop. A
+cell starts it with top-level ``await`` and it keeps serving while the kernel is
+idle. Usage, in a notebook cell::
+
+    server = await rtkit.start()          # http://127.0.0.1:8765/
+    ...
+    await server.stop()
+
+or as an asynchronous context manager::
+
+    async with rtkit.Server(port=0) as server:
+        ...
+
+Starting is idempotent per port: starting on a port that an earlier rtkit
+server of this process holds stops that server first, so re-running a start
+cell replaces the server instead of failing with "address already in use".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from websockets.asyncio.server import Server as WebSocketServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import routes
+from .echo import echo
+from .logs import install_log_buffer
+from .origins import check_origin, normalize_origin
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Handler",
+    "Handshake",
+    "PortInUseError",
+    "Server",
+    "default_port",
+    "describe_close",
+    "running_servers",
+    "start",
+    "stop",
+]
+
+logger = logging.getLogger("rtkit.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+"""A WebSocket connection handler, as websockets' ``serve`` takes it."""
+
+_registry: dict[int, Server] = {}
+"""Running rtkit servers of this process, by the port they listen on."""
+
+CLOSE_CODE_MEANINGS = {
+    1000: "normal closure",
+    1001: "going away",
+    1002: "protocol error",
+    1003: "unsupported data",
+    1006: "abnormal closure, no close frame",
+    1007: "invalid payload data",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "internal error",
+    1012: "service restart",
+}
+
+
+def default_port() -> int:
+    """Return the port rtkit listens on by default.
+
+    That is ``RTKIT_PORT`` from the environment when set, else 8765.
+
+    Raises:
+        ValueError: if ``RTKIT_PORT`` is not an integer from 0 to 65535.
+    """
+    value = os.environ.get("RTKIT_PORT")
+    if value is None or value == "":
+        return DEFAULT_PORT
+    try:
+        return _check_port(int(value))
+    except ValueError:
+        raise ValueError(
+            f"invalid RTKIT_PORT: {value!r}; set it to a port from 0 to 65535 "
+            "or unset it to use 8765"
+        ) from None
+
+
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(
+            f"invalid port: {port!r}; pass an integer from 0 to 65535 "
+            "(0 picks a free port)"
+        )
+    return port
+
+
+class PortInUseError(OSError):
+    """Raised when the requested port is held by something other than rtkit."""
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """A WebSocket opening handshake as the server saw it."""
+
+    remote: str
+    """The client's address, as ``host:port``."""
+    request: Request
+    """The client's upgrade request."""
+    response: Response
+    """The server's response: 101 when accepted, an error status otherwise."""
+    at: float = field(default_factory=time.time)
+    """When the response was sent, in seconds since the epoch."""
+
+    def format(self) -> str:
+        """Return the request and response heads as they appear on the wire."""
+        lines = [f"{self.request.method} {self.request.path} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in self.request.headers.raw_items()]
+        lines += ["", f"HTTP/1.1 {self.response.status_code} {self.response.reason_phrase}"]
+        lines += [f"{name}: {value}" for name, value in self.response.headers.raw_items()]
+        return "\n".join(lines)
+
+
+def _remote(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if not address:
+        return "unknown"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_close(code: int | None, reason: str = "") -> str:
+    """Return a close code with its meaning, e.g. ``1009 (message too big)``."""
+    if code is None:
+        return "no close code (1006, abnormal closure)"
+    text = f"{code} ({CLOSE_CODE_MEANINGS.get(code, 'application-defined')})"
+    return f"{text}: {reason}" if reason else text
+
+
+class Server:
+    """An rtkit server: the browser client, ``/health`` and WebSocket on one port.
+
+    Args:
+        host: the address to bind; ``127.0.0.1`` keeps the server private to this
+            machine, ``0.0.0.0`` exposes it to the network.
+        port: the port to bind; ``None`` means :func:`default_port`, ``0`` picks
+            a free port (read it back from :attr:`port`).
+        handler: the WebSocket connection handler; ``None`` means the classic
+            :func:`~rtkit.echo.echo`.
+        allowed_origins: extra ``Origin`` values accepted on WebSocket upgrades,
+            such as ``"https://hub.example.org"`` for a page served through a
+            proxy under another host, or ``"null"`` for pages opened from files.
+        max_size: the largest incoming message in bytes; a larger one closes the
+            connection with 1009. ``None`` disables the limit.
+        ping_interval: seconds between keepalive pings; ``None`` disables them.
+        ping_timeout: seconds to wait for a pong before closing with 1011.
+        close_timeout: seconds to wait for a client's close frame at shutdown.
+        static_dir: the folder served under ``/static/``.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        *,
+        handler: Handler | None = None,
+        allowed_origins: Iterable[str] = (),
+        max_size: int | None = 2**20,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float = 5,
+        static_dir: Path | str = routes.STATIC_DIR,
+    ) -> None:
+        self.host = host
+        self.requested_port = default_port() if port is None else _check_port(port)
+        self.handler: Handler = handler or echo
+        self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
+        self.max_size = max_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.static_dir = Path(static_dir)
+        self.handshakes: deque[Handshake] = deque(maxlen=50)
+        """The most recent WebSocket handshakes, accepted or rejected."""
+        self.epoch = ""
+        """A new random token on every start, so clients notice a restart."""
+        self.started_at: float | None = None
+        self._websocket_server: WebSocketServer | None = None
+        self._bound_port: int | None = None
+
+    # Lifecycle
+
+    async def start(self) -> Self:
+        """Start listening; do nothing if this server is already running.
+
+        An rtkit server of this process that holds the same port is stopped
+        first, so running a start cell twice replaces the server.
+
+        Raises:
+            PortInUseError: if another program (or another kernel) holds the port.
+        """
+        if self._websocket_server is not None:
+            return self
+        install_log_buffer()
+        previous = _registry.get(self.requested_port)
+        if previous is not None and previous is not self:
+            logger.info("replacing the rtkit server on %s", previous.url)
+            await previous.stop()
+        try:
+            self._websocket_server = await serve(
+                self._handle,
+                self.host,
+                self.requested_port,
+                process_request=self._process_request,
+                process_response=self._process_response,
+                max_size=self.max_size,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=self.close_timeout,
+                logger=logging.getLogger("rtkit.websockets"),
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise self._port_in_use() from exc
+            raise
+        self._bound_port = self._websocket_server.sockets[0].getsockname()[1]
+        self.epoch = secrets.token_hex(4)
+        self.started_at = time.time()
+        _registry[self._bound_port] = self
+        logger.info("rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url)
+        return self
+
+    def _port_in_use(self) -> PortInUseError:
+        port = self.requested_port
+        return PortInUseError(
+            errno.EADDRINUSE,
+            f"port {port} on {self.host} is already in use by another program, "
+            f"perhaps another notebook's kernel or `python -m rtkit serve`; stop "
+            f"it (`ss -ltnp 'sport = :{port}'` shows which process holds it) or "
+            f"start rtkit on another port, e.g. rtkit.start(port={port + 1})",
+        )
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 and free the port.
+
+        Stopping a server that is not running does nothing.
+        """
+        websocket_server = self._websocket_server
+        if websocket_server is None:
+            return
+        url = self.url
+        self._websocket_server = None
+        if _registry.get(self._bound_port or -1) is self:
+            del _registry[self._bound_port]
+        if websocket_server.get_loop().is_closed():
+            # NOTE: a server whose event loop was closed without stopping it
+            # cannot close its sockets any more; its port stays taken until
+            # the process exits.
+            logger.warning("rtkit server on %s belongs to a closed event loop", url)
+            return
+        logger.info("stopping rtkit server on %s", url)
+        websocket_server.close()
+        await websocket_server.wait_closed()
+        logger.info("rtkit server on %s stopped", url)
+
+    async def restart(self) -> Self:
+        """Stop the server, then start it again on the same port."""
+        port = self._bound_port
+        await self.stop()
+        if port is not None and self.requested_port == 0:
+            self.requested_port = port
+        return await self.start()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # State
+
+    @property
+    def is_serving(self) -> bool:
+        """Whether the server is listening."""
+        return self._websocket_server is not None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on, or the requested port before start."""
+        return self._bound_port if self._bound_port is not None else self.requested_port
+
+    @property
+    def url(self) -> str:
+        """The URL of the browser client served by this server."""
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket URL of this server."""
+        return "ws" + self.url.removeprefix("http") + "ws"
+
+    @property
+    def connections(self) -> list[ServerConnection]:
+        """The open WebSocket connections."""
+        if self._websocket_server is None:
+            return []
+        return list(self._websocket_server.connections)
+
+    def __repr__(self) -> str:
+        state = "serving" if self.is_serving else "stopped"
+        return f"<rtkit.Server {self.url} {state}, {len(self.connections)} clients>"
+
+    # Connection handling
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        remote = _remote(connection)
+        logger.info("client %s connected from %s", connection.id.hex[:8], remote)
+        try:
+            await self.handler(connection)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            # Logged here instead of by websockets so the traceback goes to
+            # rtkit's log buffer, not into whichever notebook cell ran last.
+            logger.exception("handler failed for client %s", connection.id.hex[:8])
+            await connection.close(1011, "internal error")
+        logger.info(
+            "client %s disconnected: %s",
+            connection.id.hex[:8],
+            describe_close(connection.close_code, connection.close_reason or ""),
+        )
+
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path = routes.request_path(request)
+        if routes.is_upgrade(request):
+            return self._check_upgrade(connection, request, path)
+        head = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            response = routes.text_response(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"method not allowed: {request.method}; rtkit serves GET and HEAD",
+            )
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        if path == "/health":
+            return routes.json_response(HTTPStatus.OK, self.health(), head=head)
+        if path == "/":
+            path = "/static/client.html"
+        if path.startswith("/static/"):
+            file = routes.resolve_static(path.removeprefix("/static/"), self.static_dir)
+            if file is not None:
+                return routes.static_response(file, head=head)
+        return routes.text_response(
+            HTTPStatus.NOT_FOUND,
+            f"not found: {request.path}\nrtkit serves /, /static/<file>, /health, "
+            "and WebSocket upgrades on /ws and /.",
+            head=head,
+        )
+
+    def _check_upgrade(
+        self, connection: ServerConnection, request: Request, path: str
+    ) -> Response | None:
+        remote = _remote(connection)
+        if path not in routes.WEBSOCKET_PATHS:
+            logger.warning("rejected WebSocket upgrade from %s: no route %s", remote, path)
+            return routes.text_response(
+                HTTPStatus.NOT_FOUND,
+                f"not found: {request.path}; open WebSockets on /ws or /",
+            )
+        reason = check_origin(
+            request.headers.get("Origin"),
+            request.headers.get("Host"),
+            self.allowed_origins,
+        )
+        if reason is not None:
+            logger.warning("rejected WebSocket upgrade from %s: %s", remote, reason)
+            return routes.text_response(HTTPStatus.FORBIDDEN, f"forbidden: {reason}")
+        return None
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        if routes.is_upgrade(request):
+            self.handshakes.append(Handshake(_remote(connection), request, response))
+
+    def health(self) -> dict[str, object]:
+        """Return the state reported by ``GET /health``."""
+        uptime = time.time() - self.started_at if self.started_at else 0.0
+        return {
+            "status": "ok",
+            "epoch": self.epoch,
+            "clients": len(self.connections),
+            "uptime": round(uptime, 3),
+        }
+
+
+async def start(
+    host: str = DEFAULT_HOST, port: int | None = None, **options: object
+) -> Server:
+    """Create and start a :class:`Server`; see it for ``options``.
+
+    Raises:
+        PortInUseError: if another program holds the port.
+    """
+    return await Server(host, port, **options).start()  # type: ignore[arg-type]
+
+
+async def stop(port: int | None = None) -> None:
+    """Stop the rtkit server on ``port``, or every rtkit server when ``None``.
+
+    Stopping a port where no rtkit server runs does nothing.
+    """
+    servers = list(_registry.values()) if port is None else [_registry.get(port)]
+    for server in servers:
+        if server is not None:
+            await server.stop()
+
+
+def running_servers() -> list[Server]:
+    """Return the rtkit servers of this process that are listening."""
+    return list(_registry.values())

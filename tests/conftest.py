@@ -1,0 +1,89 @@
+"""Shared fixtures: loopback servers on port 0 and bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Iterator
+from typing import TypeVar
+
+import pytest
+
+import rtkit
+
+T = TypeVar("T")
+
+TIME_UNIT = float(os.environ.get("RTKIT_TEST_TIME_UNIT", "1"))
+"""Seconds per unit of waiting; raise it on a slow machine, e.g. to 3."""
+
+
+def timeout(units: float = 5) -> float:
+    """Return a wait bound of ``units`` time units, in seconds."""
+    return units * TIME_UNIT
+
+
+def run(coroutine: Awaitable[T], units: float = 10) -> T:
+    """Run ``coroutine`` on a fresh event loop, bounded by ``units`` time units."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout(units)):
+            return await coroutine
+
+    return asyncio.run(bounded())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def no_rtkit_port_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a learner's RTKIT_PORT from changing the tests' defaults."""
+    monkeypatch.delenv("RTKIT_PORT", raising=False)
+
+
+class ThreadedServer:
+    """An rtkit server running on its own event loop in a background thread.
+
+    For tests whose main thread is synchronous (Playwright's sync API, a
+    subprocess): enter it with ``with``; it stops the server and the loop on exit.
+
+    Args:
+        options: keyword arguments for :class:`rtkit.Server`; ``port`` defaults to 0.
+    """
+
+    def __init__(self, **options: object) -> None:
+        options.setdefault("port", 0)
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: rtkit.Server | None = None
+
+    def call(self, coroutine: Awaitable[T], units: float = 10) -> T:
+        """Run ``coroutine`` on the server's loop and return its result."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout(units))
+
+    def __enter__(self) -> rtkit.Server:
+        self.thread.start()
+        self.server = self.call(rtkit.Server(**self.options).start())
+        return self.server
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.server is not None:
+            self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout(5))
+        self.loop.close()
+
+
+@pytest.fixture
+def live_server() -> Iterator[rtkit.Server]:
+    """An echo server on 127.0.0.1 and a free port, served from a thread."""
+    with ThreadedServer() as server:
+        yield server
