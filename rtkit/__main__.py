@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from .server import DEFAULT_HOST, PortInUseError, Server, default_port
+from .server import DEFAULT_HOST, PortInUseError, Server
 
 __all__ = ["main"]
 

@@ -28,7 +28,7 @@ def error_message(code: str, message: str) -> str:
 
 
 async def echo(connection: ServerConnection) -> None:
-    """Greet ``connection``, then answer each text message with its echo.
+    """Greet ``connection``, then reply to each text message with its echo.
 
     A binary frame gets an ``error`` message back and the connection stays
     open. Closing, including abrupt disconnects and websockets' 1009 close for

@@ -1,7 +1,7 @@
-"""HTTP routes answered on the WebSocket port.
+"""HTTP routes served on the WebSocket port.
 
 websockets reads every request on the port, upgrade or not, and passes it to the
-server's ``process_request`` hook. rtkit answers plain HTTP requests there (the
+server's ``process_request`` hook. rtkit responds to plain HTTP requests there (the
 browser client, its static files, ``/health``) and lets WebSocket upgrades on
 ``/ws`` and ``/`` through to the connection handler. Each HTTP response closes
 its TCP connection, because websockets does not keep HTTP connections alive.
@@ -48,7 +48,7 @@ CONTENT_TYPES = {
 
 
 def is_upgrade(request: Request) -> bool:
-    """Return whether ``request`` asks for a WebSocket upgrade."""
+    """Return whether ``request`` is a WebSocket upgrade request."""
     tokens = request.headers.get("Upgrade", "").lower().split(",")
     return "websocket" in (token.strip() for token in tokens)
 

@@ -14,14 +14,13 @@ or as an asynchronous context manager::
     async with rtkit.Server(port=0) as server:
         ...
 
-Starting is idempotent per port: starting on a port that an earlier rtkit
-server of this process holds stops that server first, so re-running a start
+Starting is idempotent per port: starting on a port where an earlier rtkit
+server of this process listens stops that server first, so re-running a start
 cell replaces the server instead of failing with "address already in use".
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
@@ -114,7 +113,7 @@ def _check_port(port: int) -> int:
 
 
 class PortInUseError(OSError):
-    """Raised when the requested port is held by something other than rtkit."""
+    """Raised when another program already listens on the requested port."""
 
 
 @dataclass(frozen=True)
@@ -133,9 +132,16 @@ class Handshake:
     def format(self) -> str:
         """Return the request and response heads as they appear on the wire."""
         lines = [f"{self.request.method} {self.request.path} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in self.request.headers.raw_items()]
-        lines += ["", f"HTTP/1.1 {self.response.status_code} {self.response.reason_phrase}"]
-        lines += [f"{name}: {value}" for name, value in self.response.headers.raw_items()]
+        lines += [
+            f"{name}: {value}" for name, value in self.request.headers.raw_items()
+        ]
+        lines += [
+            "",
+            f"HTTP/1.1 {self.response.status_code} {self.response.reason_phrase}",
+        ]
+        lines += [
+            f"{name}: {value}" for name, value in self.response.headers.raw_items()
+        ]
         return "\n".join(lines)
 
 
@@ -153,6 +159,17 @@ def describe_close(code: int | None, reason: str = "") -> str:
         return "no close code (1006, abnormal closure)"
     text = f"{code} ({CLOSE_CODE_MEANINGS.get(code, 'application-defined')})"
     return f"{text}: {reason}" if reason else text
+
+
+def _closing(connection: ServerConnection) -> str:
+    """Describe who closed ``connection`` and with which close code."""
+    protocol = connection.protocol
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    if received is not None and (sent is None or protocol.close_rcvd_then_sent):
+        return "client closed with " + describe_close(received.code, received.reason)
+    if sent is not None:
+        return "server closed with " + describe_close(sent.code, sent.reason)
+    return "connection lost, " + describe_close(None)
 
 
 class Server:
@@ -211,11 +228,11 @@ class Server:
     async def start(self) -> Self:
         """Start listening; do nothing if this server is already running.
 
-        An rtkit server of this process that holds the same port is stopped
-        first, so running a start cell twice replaces the server.
+        An rtkit server of this process that listens on the same port is
+        stopped first, so running a start cell twice replaces the server.
 
         Raises:
-            PortInUseError: if another program (or another kernel) holds the port.
+            PortInUseError: if another program (or another kernel) uses the port.
         """
         if self._websocket_server is not None:
             return self
@@ -245,7 +262,9 @@ class Server:
         self.epoch = secrets.token_hex(4)
         self.started_at = time.time()
         _registry[self._bound_port] = self
-        logger.info("rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url)
+        logger.info(
+            "rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url
+        )
         return self
 
     def _port_in_use(self) -> PortInUseError:
@@ -254,7 +273,7 @@ class Server:
             errno.EADDRINUSE,
             f"port {port} on {self.host} is already in use by another program, "
             f"perhaps another notebook's kernel or `python -m rtkit serve`; stop "
-            f"it (`ss -ltnp 'sport = :{port}'` shows which process holds it) or "
+            f"it (`ss -ltnp 'sport = :{port}'` shows which process uses it) or "
             f"start rtkit on another port, e.g. rtkit.start(port={port + 1})",
         )
 
@@ -353,9 +372,7 @@ class Server:
             logger.exception("handler failed for client %s", connection.id.hex[:8])
             await connection.close(1011, "internal error")
         logger.info(
-            "client %s disconnected: %s",
-            connection.id.hex[:8],
-            describe_close(connection.close_code, connection.close_reason or ""),
+            "client %s disconnected: %s", connection.id.hex[:8], _closing(connection)
         )
 
     def _process_request(
@@ -392,7 +409,9 @@ class Server:
     ) -> Response | None:
         remote = _remote(connection)
         if path not in routes.WEBSOCKET_PATHS:
-            logger.warning("rejected WebSocket upgrade from %s: no route %s", remote, path)
+            logger.warning(
+                "rejected WebSocket upgrade from %s: no route %s", remote, path
+            )
             return routes.text_response(
                 HTTPStatus.NOT_FOUND,
                 f"not found: {request.path}; open WebSockets on /ws or /",
@@ -430,7 +449,7 @@ async def start(
     """Create and start a :class:`Server`; see it for ``options``.
 
     Raises:
-        PortInUseError: if another program holds the port.
+        PortInUseError: if another program uses the port.
     """
     return await Server(host, port, **options).start()  # type: ignore[arg-type]
 

@@ -1,0 +1,165 @@
+"""HTTP routes on the WebSocket port: client page, static files, health, 404s."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+import rtkit
+from rtkit.routes import STATIC_DIR, resolve_static
+
+from .conftest import ThreadedServer, run, timeout
+
+
+def fetch(
+    server: rtkit.Server, path: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request with ``path`` exactly as given; return status, headers, body."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", server.port, timeout=timeout(2)
+    )
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_root_serves_client_html(live_server: rtkit.Server) -> None:
+    status, headers, body = fetch(live_server, "/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body == (STATIC_DIR / "client.html").read_bytes()
+    assert headers["Content-Length"] == str(len(body))
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("client.html", "text/html; charset=utf-8"),
+        ("client.js", "text/javascript; charset=utf-8"),
+        ("client.css", "text/css; charset=utf-8"),
+    ],
+)
+def test_static_file_content_type(
+    live_server: rtkit.Server, name: str, content_type: str
+) -> None:
+    status, headers, body = fetch(live_server, f"/static/{name}")
+    assert status == 200
+    assert headers["Content-Type"] == content_type
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert body == (STATIC_DIR / name).read_bytes()
+
+
+def test_head_sends_headers_only(live_server: rtkit.Server) -> None:
+    status, headers, body = fetch(live_server, "/static/client.html", method="HEAD")
+    assert status == 200
+    assert body == b""
+    assert headers["Content-Length"] == str((STATIC_DIR / "client.html").stat().st_size)
+
+
+def test_health_returns_status_and_epoch(live_server: rtkit.Server) -> None:
+    status, headers, body = fetch(live_server, "/health?verbose=1")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    payload = json.loads(body)
+    assert payload["status"] == "ok"
+    assert payload["epoch"] == live_server.epoch
+    assert payload["clients"] == 0
+
+
+@pytest.mark.parametrize("path", ["/nope", "/static/missing.js", "/ws", "/static/"])
+def test_unknown_path_returns_404(live_server: rtkit.Server, path: str) -> None:
+    status, headers, body = fetch(live_server, path)
+    assert status == 404
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert f"not found: {path}".encode() in body
+
+
+def test_post_returns_405_with_allow(live_server: rtkit.Server) -> None:
+    status, headers, body = fetch(live_server, "/health", method="POST")
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD"
+    assert b"method not allowed: POST" in body
+
+
+TRAVERSALS = [
+    "/static/../pyproject.toml",
+    "/static/%2e%2e/pyproject.toml",
+    "/static/%2E%2E%2Fpyproject.toml",
+    "/static/..%2f..%2f..%2f..%2fetc/passwd",
+    "/static//etc/passwd",
+    "/static/%2fetc%2fpasswd",
+    "/static/%252e%252e/pyproject.toml",
+    "/static/..\\pyproject.toml",
+    "/static/%5c..%5cpyproject.toml",
+    "/static/client.html%00.txt",
+    "/static/%ff",
+    "/../pyproject.toml",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_static_traversal_returns_404(live_server: rtkit.Server, path: str) -> None:
+    status, _, body = fetch(live_server, path)
+    assert status == 404
+    assert b"[tool.setuptools]" not in body
+    assert b"root:" not in body
+
+
+def test_static_symlink_out_returns_404(tmp_path: Path) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "inside.txt").write_text("inside\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret\n")
+    (static / "link-out.txt").symlink_to(secret)
+    (static / "link-in.txt").symlink_to(static / "inside.txt")
+
+    with ThreadedServer(static_dir=static) as server:
+        assert fetch(server, "/static/inside.txt")[:1] == (200,)
+        assert fetch(server, "/static/link-in.txt")[2] == b"inside\n"
+        status, _, body = fetch(server, "/static/link-out.txt")
+    assert status == 404
+    assert b"secret" not in body
+
+
+def test_resolve_static_stays_inside_root(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    assert resolve_static("a.txt", tmp_path) == tmp_path.resolve() / "a.txt"
+    assert resolve_static("../a.txt", tmp_path / "sub") is None
+    assert resolve_static(str(tmp_path / "a.txt"), tmp_path) is None
+    assert resolve_static("", tmp_path) is None
+
+
+@pytest.mark.parametrize("path", ["/ws", "/"])
+def test_websocket_upgrade_paths_reach_handler(path: str) -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            url = f"ws://127.0.0.1:{server.port}{path}"
+            async with connect(url, open_timeout=timeout(2)) as client:
+                assert (
+                    await asyncio.wait_for(client.recv(), timeout(2)) == rtkit.WELCOME
+                )
+
+    run(scenario())
+
+
+def test_websocket_upgrade_unknown_path_404() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            with pytest.raises(InvalidStatus) as raised:
+                await connect(
+                    f"ws://127.0.0.1:{server.port}/chat", open_timeout=timeout(2)
+                )
+            assert raised.value.response.status_code == 404
+            assert b"open WebSockets on /ws or /" in raised.value.response.body
+
+    run(scenario())
