@@ -13,7 +13,9 @@ import logging
 import signal
 import sys
 
+from .hub import DEFAULT_HISTORY_SIZE
 from .server import DEFAULT_HOST, PortInUseError, Server
+from .source import EventSource
 
 __all__ = ["main"]
 
@@ -58,16 +60,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest incoming message in bytes; larger ones close with 1009 "
         "(default: %(default)s)",
     )
+    serve.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="EVENTS_PER_SECOND",
+        help="run the built-in event source at this rate, so the page's "
+        "transports have events to show (default: no source)",
+    )
+    serve.add_argument(
+        "--poisson",
+        action="store_true",
+        help="with --rate: random gaps between events (a Poisson process) "
+        "instead of fixed ones",
+    )
+    serve.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULT_HISTORY_SIZE,
+        metavar="EVENTS",
+        help="events kept for pollers and resuming clients (default: %(default)s)",
+    )
     return parser
 
 
-async def serve_until_stopped(server: Server) -> None:
-    """Run ``server`` until SIGINT or SIGTERM, then stop it cleanly."""
+async def serve_until_stopped(
+    server: Server, rate: float | None = None, poisson: bool = False
+) -> None:
+    """Run ``server`` until SIGINT or SIGTERM, then stop it cleanly.
+
+    With ``rate``, the built-in event source publishes that many events per
+    second while the server runs.
+    """
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
     async with server:
+        if rate is not None:
+            server.start_source(rate, poisson=poisson)
         logger.info("open %s in a browser; press Ctrl-C to stop", server.url)
         await stop_requested.wait()
 
@@ -86,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             allowed_origins=args.allow_origin,
             max_size=args.max_size,
+            history_size=args.history,
         )
-        asyncio.run(serve_until_stopped(server))
+        if args.rate is not None:
+            # Validate before binding, so a bad rate never leaves a half-started server.
+            EventSource(server.hub, args.rate)
+        asyncio.run(serve_until_stopped(server, args.rate, args.poisson))
     except (PortInUseError, ValueError) as exc:
         print(f"rtkit: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import json
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["WELCOME", "echo", "echo_reply", "error_message"]
+__all__ = ["WELCOME", "binary_unsupported", "echo", "echo_reply", "error_message"]
 
 WELCOME = "Welcome to the WebSocket server!"
 """The first message each client receives."""
@@ -27,6 +27,15 @@ def error_message(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
 
 
+def binary_unsupported(size: int) -> str:
+    """Return the ``error`` message for a binary frame of ``size`` bytes."""
+    return error_message(
+        "binary_unsupported",
+        f"binary frames are not supported (received {size} bytes); "
+        "send text frames instead",
+    )
+
+
 async def echo(connection: ServerConnection) -> None:
     """Greet ``connection``, then reply to each text message with its echo.
 
@@ -40,10 +49,4 @@ async def echo(connection: ServerConnection) -> None:
         if isinstance(message, str):
             await connection.send(echo_reply(message))
         else:
-            await connection.send(
-                error_message(
-                    "binary_unsupported",
-                    f"binary frames are not supported (received {len(message)} "
-                    "bytes); send text frames instead",
-                )
-            )
+            await connection.send(binary_unsupported(len(message)))

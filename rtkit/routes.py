@@ -10,21 +10,26 @@ its TCP connection, because websockets does not keep HTTP connections alive.
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 __all__ = [
+    "MAX_WAIT",
     "STATIC_DIR",
     "WEBSOCKET_PATHS",
+    "InvalidParameter",
     "http_response",
     "is_upgrade",
     "json_response",
+    "parse_poll_query",
+    "request_path",
     "resolve_static",
     "static_response",
     "text_response",
@@ -128,6 +133,56 @@ def static_response(path: Path, *, head: bool = False) -> Response:
         guessed, _ = mimetypes.guess_type(path.name)
         content_type = guessed or "application/octet-stream"
     return http_response(HTTPStatus.OK, path.read_bytes(), content_type, head=head)
+
+
+MAX_WAIT = 30.0
+"""The longest long-poll wait in seconds, below common proxy idle timeouts."""
+
+
+class InvalidParameter(ValueError):
+    """Raised for a query parameter outside its allowed range."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def parse_poll_query(query: str) -> tuple[int, float | None]:
+    """Parse ``since`` and ``wait`` from the query string of ``/poll``.
+
+    ``since`` (default 0) is the last sequence number the client received.
+    ``wait`` (absent for a short poll) is how long a long poll may wait for
+    an event, in seconds, from 0 to :data:`MAX_WAIT`.
+
+    Raises:
+        InvalidParameter: naming the parameter, its value and the allowed range.
+    """
+    values = parse_qs(query, keep_blank_values=True)
+    since_text = values.get("since", ["0"])[0]
+    try:
+        since = int(since_text)
+    except ValueError:
+        since = -1
+    if since < 0:
+        raise InvalidParameter(
+            "since",
+            f"invalid since: {since_text!r}; pass the last seq you received, "
+            "an integer >= 0 (0 for everything in the history)",
+        )
+    if "wait" not in values:
+        return since, None
+    wait_text = values["wait"][0]
+    try:
+        wait = float(wait_text)
+    except ValueError:
+        wait = math.nan
+    if not 0 <= wait <= MAX_WAIT:
+        raise InvalidParameter(
+            "wait",
+            f"invalid wait: {wait_text!r}; pass seconds from 0 to {MAX_WAIT:g} "
+            "(longer waits are cut by proxies), or leave it out for a short poll",
+        )
+    return since, wait
 
 
 def request_path(request: Request) -> str:

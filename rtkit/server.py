@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +32,7 @@ from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server as WebSocketServer
 from websockets.asyncio.server import ServerConnection, serve
@@ -40,9 +40,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import routes
-from .echo import echo
+from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, Hub
 from .logs import install_log_buffer
 from .origins import check_origin, normalize_origin
+from .push import PushHandler
+from .source import EventSource
 
 __all__ = [
     "DEFAULT_HOST",
@@ -180,8 +182,9 @@ class Server:
             machine, ``0.0.0.0`` exposes it to the network.
         port: the port to bind; ``None`` means :func:`default_port`, ``0`` picks
             a free port (read it back from :attr:`port`).
-        handler: the WebSocket connection handler; ``None`` means the classic
-            :func:`~rtkit.echo.echo`.
+        handler: the WebSocket connection handler; ``None`` means
+            :class:`~rtkit.push.PushHandler`: the classic echo for plain text,
+            plus event push to clients that subscribe.
         allowed_origins: extra ``Origin`` values accepted on WebSocket upgrades,
             such as ``"https://hub.example.org"`` for a page served through a
             proxy under another host, or ``"null"`` for pages opened from files.
@@ -191,6 +194,8 @@ class Server:
         ping_timeout: seconds to wait for a pong before closing with 1011.
         close_timeout: seconds to wait for a client's close frame at shutdown.
         static_dir: the folder served under ``/static/``.
+        history_size: how many recent events the hub keeps for pollers and
+            resuming clients.
     """
 
     def __init__(
@@ -205,10 +210,16 @@ class Server:
         ping_timeout: float | None = 20,
         close_timeout: float = 5,
         static_dir: Path | str = routes.STATIC_DIR,
+        history_size: int = DEFAULT_HISTORY_SIZE,
     ) -> None:
         self.host = host
         self.requested_port = default_port() if port is None else _check_port(port)
-        self.handler: Handler = handler or echo
+        self.hub = Hub(history_size)
+        """The event stream that polls and WebSocket subscribers read."""
+        self.push = PushHandler(self.hub)
+        self.handler: Handler = handler or self.push
+        self.source: EventSource | None = None
+        """The built-in event source, when :meth:`start_source` started one."""
         self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
         self.max_size = max_size
         self.ping_interval = ping_interval
@@ -217,8 +228,6 @@ class Server:
         self.static_dir = Path(static_dir)
         self.handshakes: deque[Handshake] = deque(maxlen=50)
         """The most recent WebSocket handshakes, accepted or rejected."""
-        self.epoch = ""
-        """A new random token on every start, so clients notice a restart."""
         self.started_at: float | None = None
         self._websocket_server: WebSocketServer | None = None
         self._bound_port: int | None = None
@@ -252,6 +261,9 @@ class Server:
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 close_timeout=self.close_timeout,
+                # A long poll is answered from process_request, which runs
+                # under the opening handshake's timeout.
+                open_timeout=routes.MAX_WAIT + 10,
                 logger=logging.getLogger("rtkit.websockets"),
             )
         except OSError as exc:
@@ -259,7 +271,7 @@ class Server:
                 raise self._port_in_use() from exc
             raise
         self._bound_port = self._websocket_server.sockets[0].getsockname()[1]
-        self.epoch = secrets.token_hex(4)
+        self.hub.reset()
         self.started_at = time.time()
         _registry[self._bound_port] = self
         logger.info(
@@ -296,6 +308,8 @@ class Server:
             logger.warning("rtkit server on %s belongs to a closed event loop", url)
             return
         logger.info("stopping rtkit server on %s", url)
+        await self.stop_source()
+        self.hub.close()
         websocket_server.close()
         await websocket_server.wait_closed()
         logger.info("rtkit server on %s stopped", url)
@@ -318,6 +332,36 @@ class Server:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    # Events
+
+    @property
+    def epoch(self) -> str:
+        """A random token, new on every start, so clients notice a restart."""
+        return self.hub.epoch
+
+    def publish(self, data: object, channel: str = DEFAULT_CHANNEL) -> Event:
+        """Publish an event to pollers and WebSocket subscribers."""
+        return self.hub.publish(data, channel)
+
+    def start_source(
+        self, rate: float, *, poisson: bool = False, seed: int | None = None
+    ) -> EventSource:
+        """Publish events at ``rate`` per second until :meth:`stop_source`.
+
+        A running source is replaced. See :class:`~rtkit.source.EventSource`.
+        """
+        if self.source is not None:
+            self.source.cancel()
+        self.source = EventSource(self.hub, rate, poisson=poisson, seed=seed)
+        self.source.start()
+        return self.source
+
+    async def stop_source(self) -> None:
+        """Stop the built-in event source; do nothing if none runs."""
+        source, self.source = self.source, None
+        if source is not None:
+            await source.stop()
 
     # State
 
@@ -355,7 +399,8 @@ class Server:
 
     def __repr__(self) -> str:
         state = "serving" if self.is_serving else "stopped"
-        return f"<rtkit.Server {self.url} {state}, {len(self.connections)} clients>"
+        clients = len(self.connections)
+        return f"<rtkit.Server {self.url} {state}, {clients} clients>"
 
     # Connection handling
 
@@ -370,12 +415,12 @@ class Server:
             # Logged here instead of by websockets so the traceback goes to
             # rtkit's log buffer, not into whichever notebook cell ran last.
             logger.exception("handler failed for client %s", connection.id.hex[:8])
-            await connection.close(1011, "internal error")
+            await connection.close(1011, "handler failed; see the server log")
         logger.info(
             "client %s disconnected: %s", connection.id.hex[:8], _closing(connection)
         )
 
-    def _process_request(
+    async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = routes.request_path(request)
@@ -391,6 +436,8 @@ class Server:
             return response
         if path == "/health":
             return routes.json_response(HTTPStatus.OK, self.health(), head=head)
+        if path == "/poll":
+            return await self._poll(request, head)
         if path == "/":
             path = "/static/client.html"
         if path.startswith("/static/"):
@@ -403,6 +450,20 @@ class Server:
             "and WebSocket upgrades on /ws and /.",
             head=head,
         )
+
+    async def _poll(self, request: Request, head: bool) -> Response:
+        try:
+            since, wait = routes.parse_poll_query(urlsplit(request.path).query)
+        except routes.InvalidParameter as exc:
+            body = {"error": "invalid_parameter", "parameter": exc.parameter}
+            body["message"] = str(exc)
+            return routes.json_response(HTTPStatus.BAD_REQUEST, body, head=head)
+        if wait is None:
+            result = self.hub.events_after(since)
+        else:
+            result = await self.hub.wait_for_events(since, wait)
+        body = result.to_json(self.hub.epoch)
+        return routes.json_response(HTTPStatus.OK, body, head=head)
 
     def _check_upgrade(
         self, connection: ServerConnection, request: Request, path: str
@@ -438,6 +499,7 @@ class Server:
         return {
             "status": "ok",
             "epoch": self.epoch,
+            "seq": self.hub.latest,
             "clients": len(self.connections),
             "uptime": round(uptime, 3),
         }

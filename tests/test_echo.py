@@ -24,7 +24,15 @@ def test_echo_greets_then_echoes() -> None:
                 assert await receive(client) == "Welcome to the WebSocket server!"
                 await client.send("Hello Server!")
                 assert await receive(client) == "Server received: Hello Server!"
-                for text in ["", "ünïcødé ✓", "x" * 10_000, '{"type": "x"}']:
+                plain = [
+                    "",
+                    "ünïcødé ✓",
+                    "x" * 10_000,
+                    '{"no": "type"}',
+                    "[1, 2]",
+                    "{oops",
+                ]
+                for text in plain:
                     await client.send(text)
                     assert await receive(client) == f"Server received: {text}"
 

@@ -1,0 +1,139 @@
+"""WebSocket push of hub events: subscribe, replay, live events, bad commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+import rtkit
+
+from .conftest import run, timeout
+
+
+async def receive_json(client: ClientConnection) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(client.recv(), timeout(2)))
+
+
+async def subscribed_client(server: rtkit.Server, since: int = 0) -> ClientConnection:
+    client = await connect(server.ws_url, open_timeout=timeout(2))
+    assert await asyncio.wait_for(client.recv(), timeout(2)) == rtkit.WELCOME
+    await client.send(json.dumps({"type": "subscribe", "since": since}))
+    return client
+
+
+def test_push_subscribe_replays_then_streams() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            server.publish("a")
+            server.publish("b")
+            client = await subscribed_client(server, since=1)
+            confirmation = await receive_json(client)
+            assert confirmation == {
+                "type": "subscribed",
+                "epoch": server.epoch,
+                "seq": 2,
+                "missed": 0,
+            }
+            replayed = await receive_json(client)
+            assert (replayed["seq"], replayed["data"]) == (2, "b")
+            server.publish("c")
+            live = await receive_json(client)
+            assert live["type"] == "event"
+            assert (live["seq"], live["data"]) == (3, "c")
+            assert live["epoch"] == server.epoch
+            await client.close()
+
+    run(scenario())
+
+
+def test_push_no_loss_no_duplicates_under_publishing() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            source = server.start_source(rate=500)
+            await asyncio.sleep(0.1)
+            clients = [await subscribed_client(server) for _ in range(5)]
+            await asyncio.sleep(0.3)
+            await server.stop_source()
+            last = server.hub.latest
+            for client in clients:
+                assert (await receive_json(client))["type"] == "subscribed"
+                seqs: list[int] = []
+                while not seqs or seqs[-1] < last:
+                    seqs.append((await receive_json(client))["seq"])
+                assert seqs == list(range(1, last + 1))
+                await client.close()
+            assert source.published == last
+
+    run(scenario())
+
+
+def test_push_missed_reported_after_overflow() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, history_size=3) as server:
+            for i in range(10):
+                server.publish(i)
+            client = await subscribed_client(server, since=2)
+            confirmation = await receive_json(client)
+            assert confirmation["missed"] == 5
+            seqs = [(await receive_json(client))["seq"] for _ in range(3)]
+            assert seqs == [8, 9, 10]
+            await client.close()
+
+    run(scenario())
+
+
+def test_push_unsubscribe_stops_events() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            client = await subscribed_client(server)
+            await receive_json(client)
+            await client.send(json.dumps({"type": "unsubscribe"}))
+            assert await receive_json(client) == {"type": "unsubscribed"}
+            server.publish("ignored")
+            await client.send("ping")
+            assert await client.recv() == "Server received: ping"
+            await client.close()
+
+    run(scenario())
+
+
+def test_push_bad_commands_get_errors_and_stay_open() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                cases = [
+                    (
+                        {"type": "dance"},
+                        "unknown_type",
+                        "unknown message type: 'dance'",
+                    ),
+                    ({"type": "subscribe", "since": -3}, "invalid_since", "-3"),
+                    ({"type": "subscribe", "since": "x"}, "invalid_since", "'x'"),
+                    ({"type": 7}, "unknown_type", "7"),
+                ]
+                for command, code, text in cases:
+                    await client.send(json.dumps(command))
+                    error = await receive_json(client)
+                    assert error["type"] == "error"
+                    assert error["code"] == code
+                    assert text in error["message"]
+                await client.send("still open")
+                assert await client.recv() == "Server received: still open"
+
+    run(scenario())
+
+
+def test_push_echo_clients_get_no_events() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                server.publish("not for echo clients")
+                await client.send("hi")
+                assert await client.recv() == "Server received: hi"
+
+    run(scenario())
