@@ -4,9 +4,11 @@ Every client is greeted with :data:`~rtkit.echo.WELCOME`. Plain text messages
 keep the echo of the first example (``Server received: <text>``). A text
 message that is a JSON object with a ``type`` is a protocol message:
 
-``{"type": "subscribe", "since": SEQ}``
+``{"type": "subscribe", "since": SEQ, "epoch": EPOCH}``
     Replay the events after ``SEQ`` still in the history, then push each new
-    event as ``{"type": "event", "seq", "epoch", "channel", "data", "ts"}``.
+    as ``{"type": "event", "seq", "epoch", "channel", "data", "ts"}``.
+    ``epoch`` is optional: when it is not the server's current epoch, ``SEQ``
+    belongs to an earlier run and the replay starts from the first event.
     The server first confirms with ``{"type": "subscribed", "epoch", "seq",
     "missed"}``, where ``missed`` counts events after ``SEQ`` that already fell
     out of the history.
@@ -113,6 +115,8 @@ class PushHandler:
             )
             return
         hub = self.hub
+        if command.get("epoch", hub.epoch) != hub.epoch:
+            since = 0
         result = hub.events_after(since)
         confirmation = {
             "type": "subscribed",

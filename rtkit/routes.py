@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import mimetypes
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ __all__ = [
     "STATIC_DIR",
     "WEBSOCKET_PATHS",
     "InvalidParameter",
+    "PollQuery",
     "http_response",
     "is_upgrade",
     "json_response",
     "parse_poll_query",
     "request_path",
     "resolve_static",
+    "route_name",
     "static_response",
     "text_response",
 ]
@@ -147,12 +150,24 @@ class InvalidParameter(ValueError):
         self.parameter = parameter
 
 
-def parse_poll_query(query: str) -> tuple[int, float | None]:
-    """Parse ``since`` and ``wait`` from the query string of ``/poll``.
+@dataclass(frozen=True)
+class PollQuery:
+    """The parameters of a ``/poll`` request."""
 
-    ``since`` (default 0) is the last sequence number the client received.
-    ``wait`` (absent for a short poll) is how long a long poll may wait for
-    an event, in seconds, from 0 to :data:`MAX_WAIT`.
+    since: int = 0
+    """The last sequence number the client received."""
+    wait: float | None = None
+    """How long a long poll may wait for an event; ``None`` for a short poll."""
+    epoch: str | None = None
+    """The epoch ``since`` belongs to; a different epoch means "start over"."""
+
+
+def parse_poll_query(query: str) -> PollQuery:
+    """Parse ``since``, ``wait`` and ``epoch`` from the query string of ``/poll``.
+
+    ``since`` defaults to 0. ``wait``, in seconds from 0 to :data:`MAX_WAIT`,
+    makes the request a long poll. ``epoch``, when given and not the server's
+    current one, makes the server answer as if ``since`` were 0.
 
     Raises:
         InvalidParameter: naming the parameter, its value and the allowed range.
@@ -169,8 +184,9 @@ def parse_poll_query(query: str) -> tuple[int, float | None]:
             f"invalid since: {since_text!r}; pass the last seq you received, "
             "an integer >= 0 (0 for everything in the history)",
         )
+    epoch = values.get("epoch", [None])[0] or None
     if "wait" not in values:
-        return since, None
+        return PollQuery(since, None, epoch)
     wait_text = values["wait"][0]
     try:
         wait = float(wait_text)
@@ -182,7 +198,19 @@ def parse_poll_query(query: str) -> tuple[int, float | None]:
             f"invalid wait: {wait_text!r}; pass seconds from 0 to {MAX_WAIT:g} "
             "(longer waits are cut by proxies), or leave it out for a short poll",
         )
-    return since, wait
+    return PollQuery(since, wait, epoch)
+
+
+def route_name(path: str) -> str:
+    """Return the route ``path`` belongs to, for counting requests.
+
+    One of ``root``, ``static``, ``health``, ``poll`` or ``other``; the set is
+    fixed so that unknown paths cannot grow a counter without bound.
+    """
+    if path == "/":
+        return "root"
+    first = path.split("/")[1]
+    return first if first in ("static", "health", "poll") else "other"
 
 
 def request_path(request: Request) -> str:

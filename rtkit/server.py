@@ -25,7 +25,7 @@ import errno
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -228,6 +228,8 @@ class Server:
         self.static_dir = Path(static_dir)
         self.handshakes: deque[Handshake] = deque(maxlen=50)
         """The most recent WebSocket handshakes, accepted or rejected."""
+        self.request_counts: Counter[str] = Counter()
+        """Requests received since creation, by :func:`~rtkit.routes.route_name`."""
         self.started_at: float | None = None
         self._websocket_server: WebSocketServer | None = None
         self._bound_port: int | None = None
@@ -425,7 +427,9 @@ class Server:
     ) -> Response | None:
         path = routes.request_path(request)
         if routes.is_upgrade(request):
+            self.request_counts["upgrade"] += 1
             return self._check_upgrade(connection, request, path)
+        self.request_counts[routes.route_name(path)] += 1
         head = request.method == "HEAD"
         if request.method not in ("GET", "HEAD"):
             response = routes.text_response(
@@ -453,15 +457,18 @@ class Server:
 
     async def _poll(self, request: Request, head: bool) -> Response:
         try:
-            since, wait = routes.parse_poll_query(urlsplit(request.path).query)
+            query = routes.parse_poll_query(urlsplit(request.path).query)
         except routes.InvalidParameter as exc:
             body = {"error": "invalid_parameter", "parameter": exc.parameter}
             body["message"] = str(exc)
             return routes.json_response(HTTPStatus.BAD_REQUEST, body, head=head)
-        if wait is None:
+        since = query.since
+        if query.epoch is not None and query.epoch != self.hub.epoch:
+            since = 0
+        if query.wait is None:
             result = self.hub.events_after(since)
         else:
-            result = await self.hub.wait_for_events(since, wait)
+            result = await self.hub.wait_for_events(since, query.wait)
         body = result.to_json(self.hub.epoch)
         return routes.json_response(HTTPStatus.OK, body, head=head)
 
