@@ -4,9 +4,9 @@ Each client follows one event stream from a :class:`~rtkit.server.Server` and
 records, per event, the delay from publishing (the event's server timestamp)
 to receipt, plus the HTTP requests it made and the bytes it sent and received.
 
-Bytes are counted at the socket: for HTTP, every request line, header and body
-byte; for WebSocket, the opening handshake, each frame's header (2 to 14 bytes,
-with the 4-byte mask on client frames) and payload. TCP/IP headers (about 40
+Bytes are counted at the socket. For HTTP that is every request line, header
+and body byte. For WebSocket it is the opening handshake, then each frame's
+header (2 to 14 bytes, with the 4-byte mask on client frames) and payload. TCP/IP headers (about 40
 bytes per packet) and TLS are not counted.
 
 * :class:`ShortPoller` sends ``GET /poll?since=SEQ`` every ``interval`` seconds.
@@ -111,7 +111,7 @@ class Follower:
 
     name: str
     since: int = 0
-    """The last ``seq`` received: the next request asks for events after it."""
+    """The last ``seq`` received; the next request is for the events after it."""
     epoch: str | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     duplicates: int = 0
@@ -125,7 +125,7 @@ class Follower:
     bytes: ByteCounter = field(default_factory=ByteCounter)
 
     def query(self) -> str:
-        """Return the ``/poll`` query that asks for the events after ``since``."""
+        """Return the ``/poll`` query for the events after ``since``."""
         query = f"since={self.since}"
         return f"{query}&epoch={self.epoch}" if self.epoch else query
 
@@ -249,11 +249,11 @@ class ShortPoller(StreamClient):
 
 
 class LongPoller(StreamClient):
-    """Hold a request open until an event arrives, then ask again at once.
+    """Poll with requests that the server keeps open until an event arrives.
 
     Args:
         url: the server's URL, e.g. ``server.url``.
-        wait: the longest the server holds each request, in seconds.
+        wait: the longest the server keeps each request open, in seconds.
         name: label in results and logs.
     """
 

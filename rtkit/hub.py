@@ -3,7 +3,7 @@
 Short polls, long polls and WebSocket subscribers all read from one
 :class:`Hub`. Each published :class:`Event` gets the next sequence number
 (``seq``, starting at 1) and the server's wall-clock time. The hub keeps the last
-``history_size`` events, so a client that reconnects or polls again asks for
+``history_size`` events, so a client that reconnects or polls again requests
 "everything after the last ``seq`` I saw" and receives exactly the events it
 missed, or learns how many fell out of the history.
 
@@ -62,7 +62,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventsAfter:
-    """The answer to "which events came after ``since``?"."""
+    """The events after a given ``since``, with the gap before them."""
 
     events: list[Event]
     """Events with ``seq`` greater than ``since``, oldest first."""

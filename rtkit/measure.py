@@ -43,7 +43,7 @@ __all__ = [
 
 @dataclass
 class TransportResult:
-    """What one transport delivered during a run."""
+    """The deliveries and traffic of one transport during a run."""
 
     transport: str
     published: int
@@ -198,7 +198,7 @@ async def compare_transports(
     """Follow one event stream by short poll, long poll and WebSocket at once.
 
     The server's event source publishes for ``duration`` seconds while the
-    three clients follow it; then the source stops and the clients get up to
+    three clients follow it. Then the source stops, and the clients get up to
     ``interval + 2`` seconds to catch up before they are stopped. Only events
     published during the run count.
 

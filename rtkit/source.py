@@ -19,7 +19,7 @@ class EventSource:
     """Publish events to a hub at ``rate`` events per second.
 
     With ``poisson=False`` the gaps between events are exactly ``1 / rate``
-    seconds; with ``poisson=True`` they are drawn from an exponential
+    seconds. With ``poisson=True`` they are drawn from an exponential
     distribution with that mean, so events arrive as a Poisson process, the
     usual model of independent user actions. Each event's data is
     ``{"n": <count from 1>, "value": <random float in [0, 1)>}``.
