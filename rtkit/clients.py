@@ -6,8 +6,8 @@ to receipt, plus the HTTP requests it made and the bytes it sent and received.
 
 Bytes are counted at the socket. For HTTP that is every request line, header
 and body byte. For WebSocket it is the opening handshake, then each frame's
-header (2 to 14 bytes, with the 4-byte mask on client frames) and payload. TCP/IP headers (about 40
-bytes per packet) and TLS are not counted.
+header (2 to 14 bytes, with the 4-byte mask on client frames) and payload.
+TCP/IP headers (about 40 bytes per packet) and TLS are not counted.
 
 * :class:`ShortPoller` sends ``GET /poll?since=SEQ`` every ``interval`` seconds.
 * :class:`LongPoller` sends ``GET /poll?since=SEQ&wait=W`` and asks again as
