@@ -101,10 +101,11 @@ def check_origin(
         f"or `python -m rtkit serve --allow-origin {origin}`"
     )
     if normalized == "null":
+        page = f"http://{host}/" if host else "this server's / page"
         return (
             "Origin 'null' is sent by pages opened from file:// and by sandboxed "
-            "frames of any site; open the client from this server instead "
-            "(http://127.0.0.1:8765/ by default), or " + allow_hint
+            f"frames of any site; open the client from this server instead "
+            f"({page}), or " + allow_hint
         )
     parsed = urlsplit(normalized)
     try:
