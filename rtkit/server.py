@@ -288,7 +288,8 @@ class Server:
             f"port {port} on {self.host} is already in use by another program, "
             f"perhaps another notebook's kernel or `python -m rtkit serve`; stop "
             f"it (`ss -ltnp 'sport = :{port}'` shows which process uses it) or "
-            f"start rtkit on another port, e.g. rtkit.start(port={port + 1})",
+            f"start rtkit on another port: rtkit.start(port={port + 1}) in a "
+            f"notebook, --port {port + 1} on the command line",
         )
 
     async def stop(self) -> None:

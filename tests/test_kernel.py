@@ -1,0 +1,148 @@
+"""rtkit inside a real IPython kernel, driven the way a notebook drives it.
+
+A cell starts the server with top-level ``await``. The server then keeps
+serving from the kernel's event loop while no cell runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import re
+import socket
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+from websockets.asyncio.client import connect
+
+import rtkit
+
+from .conftest import free_port, run, timeout
+
+pytestmark = pytest.mark.kernel
+
+START_CELL = "import rtkit\nserver = await rtkit.start(port={port})"
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+# An opener without proxies, so requests to 127.0.0.1 never leave the machine
+# even when http_proxy is set.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def can_bind(port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether a listening socket can take ``port`` right now.
+
+    SO_REUSEADDR matches what the rtkit server sets, so connections left in
+    TIME_WAIT do not count as holding the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            assert exc.errno == errno.EADDRINUSE
+            return False
+        sock.listen()
+        return True
+
+
+@pytest.fixture
+def kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlockingKernelClient]:
+    """A client of a fresh ``python3`` kernel, shut down after the test.
+
+    The connection file and the IPython profile go to ``tmp_path``, so the
+    user's IPython startup files do not run in the kernel.
+    """
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    manager = KernelManager(kernel_name="python3")
+    manager.shutdown_wait_time = timeout(5)
+    manager.start_kernel()
+    client = manager.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=timeout(30))
+        yield client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel()
+
+
+def execute(client: BlockingKernelClient, code: str, units: float = 30) -> str:
+    """Run ``code`` as a cell, wait until the kernel is idle, return its stdout.
+
+    Fails the test with the kernel's traceback if the cell raises.
+    """
+    outputs: list[dict] = []
+    reply = client.execute_interactive(
+        code, timeout=timeout(units), output_hook=outputs.append
+    )
+    content = reply["content"]
+    if content["status"] != "ok":
+        traceback = ANSI_ESCAPE.sub("", "\n".join(content.get("traceback", [])))
+        pytest.fail(
+            f"cell {code!r} failed with {content.get('ename')}: "
+            f"{content.get('evalue')}\n{traceback}"
+        )
+    return "".join(
+        output["content"]["text"]
+        for output in outputs
+        if output["msg_type"] == "stream" and output["content"]["name"] == "stdout"
+    )
+
+
+async def exchange(url: str, text: str) -> tuple[str, str]:
+    """Connect to ``url``, send ``text`` and return the greeting and the reply."""
+    async with connect(url, open_timeout=timeout(5)) as client:
+        welcome = await asyncio.wait_for(client.recv(), timeout(5))
+        await client.send(text)
+        reply = await asyncio.wait_for(client.recv(), timeout(5))
+    return welcome, reply
+
+
+def health(port: int) -> dict:
+    url = f"http://127.0.0.1:{port}/health"
+    with HTTP.open(url, timeout=timeout(5)) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_kernel_runs_venv_python(kernel: BlockingKernelClient) -> None:
+    prefix = execute(kernel, "import sys\nprint(sys.prefix)").strip()
+    assert prefix == sys.prefix, (
+        f"kernel python3 runs the Python in {prefix}, not the one in {sys.prefix}; "
+        "`jupyter kernelspec list` shows which python3 kernelspec was found"
+    )
+
+
+def test_kernel_serves_while_idle(kernel: BlockingKernelClient) -> None:
+    port = free_port()
+    ws_url = f"ws://127.0.0.1:{port}/ws"
+
+    execute(kernel, START_CELL.format(port=port))
+    # No cell runs now: the kernel's event loop alone serves the client.
+    welcome, reply = run(exchange(ws_url, "first"))
+    assert welcome == rtkit.WELCOME
+    assert reply == "Server received: first"
+    first_epoch = health(port)["epoch"]
+
+    # Re-running the start cell replaces the server on the same port.
+    execute(kernel, START_CELL.format(port=port))
+    welcome, reply = run(exchange(ws_url, "second"))
+    assert welcome == rtkit.WELCOME
+    assert reply == "Server received: second"
+    assert health(port)["epoch"] != first_epoch
+    running = execute(kernel, "print(len(rtkit.running_servers()))").strip()
+    assert running == "1"
+
+    execute(kernel, "await server.stop()")
+    assert can_bind(port), f"port {port} is still taken after server.stop()"
