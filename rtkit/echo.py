@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["WELCOME", "binary_unsupported", "echo", "echo_reply", "error_message"]
+__all__ = [
+    "WELCOME",
+    "binary_unsupported",
+    "echo",
+    "echo_reply",
+    "encode",
+    "error_message",
+]
 
 WELCOME = "Welcome to the WebSocket server!"
 """The first message each client receives."""
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Serialize a protocol message as compact JSON, as every rtkit route does."""
+    return json.dumps(message, separators=(",", ":"))
 
 
 def echo_reply(text: str) -> str:
@@ -24,7 +37,7 @@ def error_message(code: str, message: str) -> str:
         code: a short machine-readable name, such as ``"binary_unsupported"``.
         message: a sentence for the person reading the client's log.
     """
-    return json.dumps({"type": "error", "code": code, "message": message})
+    return encode({"type": "error", "code": code, "message": message})
 
 
 def binary_unsupported(size: int) -> str:

@@ -281,25 +281,29 @@ class LoadResult:
 async def measure_poll_load(
     server: Server, clients: int, interval: float, duration: float = 2.0
 ) -> LoadResult:
-    """Run ``clients`` short pollers for ``duration`` seconds; count requests.
+    """Run ``clients`` short pollers and count their requests for ``duration`` s.
 
     The count comes from the server's own request counter, so it measures
-    what the server had to handle, not what the clients meant to send.
+    what the server had to handle, not what the clients meant to send. It
+    starts half an interval after the pollers, when they are in steady state.
     """
     if clients < 1:
         raise ValueError(f"invalid clients: {clients!r}; pass at least 1")
     pollers = [
         ShortPoller(server.url, interval, name=f"poller {i}") for i in range(clients)
     ]
-    before = server.request_counts["poll"]
-    started = time.monotonic()
     for poller in pollers:
         poller.start()
     try:
+        # Every poller sends its first request at once. Counting starts half an
+        # interval later, so that burst does not inflate a short run's rate.
+        await asyncio.sleep(interval / 2)
+        before = server.request_counts["poll"]
+        started = time.monotonic()
         await asyncio.sleep(duration)
+        requests = server.request_counts["poll"] - before
+        elapsed = time.monotonic() - started
     finally:
         for poller in pollers:
             await poller.stop()
-    elapsed = time.monotonic() - started
-    requests = server.request_counts["poll"] - before
     return LoadResult(clients, interval, elapsed, requests)

@@ -27,7 +27,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 
-from .echo import WELCOME, binary_unsupported, echo_reply, error_message
+from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
 from .hub import Event, Hub
 
 __all__ = ["PushHandler"]
@@ -64,7 +64,7 @@ class PushHandler:
         # broadcast() writes to each connection without waiting, so one slow
         # client never delays the others; the set is copied before iterating.
         if self.subscribers:
-            message = json.dumps(event.envelope(self.hub.epoch))
+            message = encode(event.envelope(self.hub.epoch))
             broadcast(list(self.subscribers), message)
 
     async def __call__(self, connection: ServerConnection) -> None:
@@ -90,7 +90,7 @@ class PushHandler:
             await self.subscribe(connection, command)
         elif command["type"] == "unsubscribe":
             self.subscribers.discard(connection)
-            await connection.send(json.dumps({"type": "unsubscribed"}))
+            await connection.send(encode({"type": "unsubscribed"}))
         else:
             await connection.send(
                 error_message(
@@ -126,9 +126,9 @@ class PushHandler:
         }
         # The replay and the registration happen without an await in between,
         # so no event is published between them: none is lost or sent twice.
-        broadcast([connection], json.dumps(confirmation))
+        broadcast([connection], encode(confirmation))
         for event in result.events:
-            broadcast([connection], json.dumps(event.envelope(hub.epoch)))
+            broadcast([connection], encode(event.envelope(hub.epoch)))
         self.subscribers.add(connection)
         if result.missed:
             logger.info(

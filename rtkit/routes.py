@@ -9,7 +9,6 @@ its TCP connection, because websockets does not keep HTTP connections alive.
 
 from __future__ import annotations
 
-import json
 import math
 import mimetypes
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+from .echo import encode
 
 __all__ = [
     "MAX_WAIT",
@@ -102,7 +103,7 @@ def json_response(
     status: HTTPStatus, payload: dict[str, Any], *, head: bool = False
 ) -> Response:
     """Build a JSON response."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = encode(payload).encode()
     return http_response(status, body, "application/json", head=head)
 
 

@@ -21,6 +21,7 @@ cell replaces the server instead of failing with "address already in use".
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -40,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import routes
-from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, Hub
+from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, EventsAfter, Hub
 from .logs import install_log_buffer
 from .origins import check_origin, normalize_origin
 from .push import PushHandler
@@ -76,13 +77,21 @@ CLOSE_CODE_MEANINGS = {
     1001: "going away",
     1002: "protocol error",
     1003: "unsupported data",
+    1004: "reserved",
+    1005: "no status received",
     1006: "abnormal closure, no close frame",
     1007: "invalid payload data",
     1008: "policy violation",
     1009: "message too big",
+    1010: "mandatory extension missing",
     1011: "internal error",
     1012: "service restart",
+    1013: "try again later",
+    1014: "bad gateway",
+    1015: "TLS handshake failed",
 }
+"""Close code meanings from RFC 6455 section 7.4.1 and, for 1012 to 1014, the
+IANA WebSocket Close Code Number Registry; static/client.js uses the same."""
 
 
 def default_port() -> int:
@@ -156,10 +165,22 @@ def _remote(connection: ServerConnection) -> str:
 
 
 def describe_close(code: int | None, reason: str = "") -> str:
-    """Return a close code with its meaning, e.g. ``1009 (message too big)``."""
+    """Return a close code with its meaning, e.g. ``1009 (message too big)``.
+
+    Codes 3000 to 3999 are registered for libraries and frameworks, 4000 to
+    4999 are application-defined, and other codes without a meaning are
+    unassigned.
+    """
     if code is None:
         return "no close code (1006, abnormal closure)"
-    text = f"{code} ({CLOSE_CODE_MEANINGS.get(code, 'application-defined')})"
+    meaning = CLOSE_CODE_MEANINGS.get(code)
+    if meaning is None and 3000 <= code <= 3999:
+        meaning = "registered for libraries and frameworks"
+    elif meaning is None and 4000 <= code <= 4999:
+        meaning = "application-defined"
+    elif meaning is None:
+        meaning = "unassigned"
+    text = f"{code} ({meaning})"
     return f"{text}: {reason}" if reason else text
 
 
@@ -442,7 +463,7 @@ class Server:
         if path == "/health":
             return routes.json_response(HTTPStatus.OK, self.health(), head=head)
         if path == "/poll":
-            return await self._poll(request, head)
+            return await self._poll(connection, request, head)
         if path == "/":
             path = "/static/client.html"
         if path.startswith("/static/"):
@@ -456,7 +477,9 @@ class Server:
             head=head,
         )
 
-    async def _poll(self, request: Request, head: bool) -> Response:
+    async def _poll(
+        self, connection: ServerConnection, request: Request, head: bool
+    ) -> Response:
         try:
             query = routes.parse_poll_query(urlsplit(request.path).query)
         except routes.InvalidParameter as exc:
@@ -469,9 +492,27 @@ class Server:
         if query.wait is None:
             result = self.hub.events_after(since)
         else:
-            result = await self.hub.wait_for_events(since, query.wait)
+            result = await self._wait_unless_gone(connection, since, query.wait)
         body = result.to_json(self.hub.epoch)
         return routes.json_response(HTTPStatus.OK, body, head=head)
+
+    async def _wait_unless_gone(
+        self, connection: ServerConnection, since: int, wait: float
+    ) -> EventsAfter:
+        """Wait for events, but stop waiting when the client disconnects.
+
+        Without this, a long poll whose client went away would keep its task
+        alive until the next event or the end of the wait.
+        """
+        waiting = asyncio.ensure_future(self.hub.wait_for_events(since, wait))
+        await asyncio.wait(
+            [waiting, connection.connection_lost_waiter],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not waiting.done():
+            waiting.cancel()
+            return self.hub.events_after(since)
+        return waiting.result()
 
     def _check_upgrade(
         self, connection: ServerConnection, request: Request, path: str

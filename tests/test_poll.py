@@ -169,3 +169,25 @@ def test_poll_bad_parameter_returns_400(
             assert message in body["message"]
 
     run(scenario())
+
+
+def test_poll_long_client_gone_stops_waiting() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            host = f"127.0.0.1:{server.port}"
+            writer.write(
+                f"GET /poll?since=0&wait=25 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            )
+            await asyncio.sleep(0.2)
+            websocket_server = server._websocket_server
+            assert websocket_server is not None
+            assert len(websocket_server.handler_tasks) == 1
+            writer.close()
+            for _ in range(100):
+                if not websocket_server.handler_tasks:
+                    break
+                await asyncio.sleep(0.02)
+            assert not websocket_server.handler_tasks
+
+    run(scenario())
