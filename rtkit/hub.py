@@ -1,8 +1,9 @@
 """One event stream for every transport: sequence numbers, history, wake-ups.
 
 Short polls, long polls and WebSocket subscribers all read from one
-:class:`Hub`. Each published :class:`Event` gets the next sequence number
-(``seq``, starting at 1) and the server's wall-clock time. The hub keeps the last
+:class:`Hub`, which keeps one :class:`Stream` per channel. Each published
+:class:`Event` gets the next sequence number of its channel (``seq``, starting
+at 1) and the server's wall-clock time. The hub keeps the last
 ``history_size`` events, so a client that reconnects or polls again requests
 "everything after the last ``seq`` I saw" and receives exactly the events it
 missed, or learns how many fell out of the history.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import secrets
 import time
 from collections import deque
@@ -26,13 +28,35 @@ from typing import Any
 __all__ = [
     "DEFAULT_CHANNEL",
     "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_MAX_CHANNELS",
     "Event",
     "EventsAfter",
     "Hub",
+    "Stream",
+    "check_channel",
 ]
 
 DEFAULT_CHANNEL = "events"
 DEFAULT_HISTORY_SIZE = 1000
+DEFAULT_MAX_CHANNELS = 256
+CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def check_channel(channel: object) -> str:
+    """Return ``channel`` if it is a valid channel name.
+
+    A name is 1 to 64 characters: letters, digits and ``_ . : -``, starting
+    with a letter or digit.
+
+    Raises:
+        ValueError: naming the invalid value and the allowed form.
+    """
+    if not isinstance(channel, str) or not CHANNEL_PATTERN.fullmatch(channel):
+        raise ValueError(
+            f"invalid channel: {channel!r}; use 1 to 64 letters, digits and "
+            "_ . : -, starting with a letter or digit, e.g. 'lobby'"
+        )
+    return channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,62 +105,27 @@ class EventsAfter:
         }
 
 
-@dataclass
-class Hub:
-    """Sequence numbers, a bounded history and wake-ups for one event stream.
+class Stream:
+    """One channel's sequence numbers, bounded history and long-poll wake-ups.
 
     Args:
-        history_size: how many recent events are kept for pollers and for
-            clients that resume; at least 1.
-
-    Raises:
-        ValueError: if ``history_size`` is not a positive integer.
+        channel: the channel name.
+        history_size: how many recent events are kept.
     """
 
-    history_size: int = DEFAULT_HISTORY_SIZE
-    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
-    latest: int = 0
-    history: deque[Event] = field(init=False)
-    closed: bool = field(default=False, init=False)
-    _changed: asyncio.Future[None] | None = field(default=None, init=False)
-    _subscribers: list[Callable[[Event], None]] = field(
-        default_factory=list, init=False
-    )
-
-    def __post_init__(self) -> None:
-        size = self.history_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(
-                f"invalid history_size: {size!r}; pass a positive integer, "
-                f"e.g. {DEFAULT_HISTORY_SIZE}"
-            )
-        self.history = deque(maxlen=size)
-
-    def reset(self, epoch: str | None = None) -> None:
-        """Start a new epoch: clear the history and count from 1 again."""
-        self.epoch = epoch or secrets.token_hex(4)
+    def __init__(self, channel: str, history_size: int) -> None:
+        self.channel = channel
         self.latest = 0
-        self.history.clear()
-        self.closed = False
-        self.wake_all()
+        """The latest ``seq`` published (0 before the first event)."""
+        self.history: deque[Event] = deque(maxlen=history_size)
+        self._changed: asyncio.Future[None] | None = None
 
-    def close(self) -> None:
-        """Release every waiting long poll and make new ones return at once."""
-        self.closed = True
-        self.wake_all()
-
-    def publish(self, data: Any, channel: str = DEFAULT_CHANNEL) -> Event:
-        """Append an event, wake every waiting long poll, notify subscribers.
-
-        Subscribers are called synchronously and in order, so they must not
-        block; a WebSocket subscriber writes with ``broadcast()``.
-        """
+    def append(self, data: Any) -> Event:
+        """Append an event with the next ``seq`` and wake every waiter."""
         self.latest += 1
-        event = Event(self.latest, data, time.time(), channel)
+        event = Event(self.latest, data, time.time(), self.channel)
         self.history.append(event)
         self.wake_all()
-        for subscriber in list(self._subscribers):
-            subscriber(event)
         return event
 
     def events_after(self, since: int) -> EventsAfter:
@@ -153,35 +142,149 @@ class Hub:
         events = [self.history[i] for i in range(start, len(self.history))]
         return EventsAfter(events, self.latest, missed)
 
-    async def wait_for_events(self, since: int, wait: float) -> EventsAfter:
-        """Return the events after ``since``, waiting up to ``wait`` seconds.
-
-        Returns at once when events are already there, or when ``since`` is
-        beyond the latest ``seq`` (a client from before a restart must learn
-        the new epoch now, not after the wait). Otherwise waits for the next
-        publish, :meth:`reset` or :meth:`wake_all`, without polling.
-        """
-        deadline = time.monotonic() + wait
-        while True:
-            result = self.events_after(since)
-            if result.events or result.missed or since > self.latest or self.closed:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not math.isfinite(remaining):
-                return result
-            if self._changed is None or self._changed.done():
-                self._changed = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(remaining):
-                    await asyncio.shield(self._changed)
-            except TimeoutError:
-                return self.events_after(since)
+    def changed(self) -> asyncio.Future[None]:
+        """Return a future that completes at the next append or wake-up."""
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     def wake_all(self) -> None:
         """Wake every waiting long poll so it checks for events again."""
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
+
+
+@dataclass
+class Hub:
+    """The event streams of one server, one :class:`Stream` per channel.
+
+    Sequence numbers count per channel. ``epoch`` is shared by all channels
+    and changes on :meth:`reset`.
+
+    Args:
+        history_size: how many recent events each channel keeps for pollers
+            and for clients that resume; at least 1.
+        max_channels: how many channels may exist at once, so that clients
+            cannot grow the server's memory without bound by naming new ones.
+
+    Raises:
+        ValueError: if ``history_size`` or ``max_channels`` is not a positive
+            integer.
+    """
+
+    history_size: int = DEFAULT_HISTORY_SIZE
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
+    closed: bool = field(default=False, init=False)
+    streams: dict[str, Stream] = field(default_factory=dict, init=False)
+    _subscribers: list[Callable[[Event], None]] = field(
+        default_factory=list, init=False
+    )
+
+    def __post_init__(self) -> None:
+        for name, default in (
+            ("history_size", DEFAULT_HISTORY_SIZE),
+            ("max_channels", DEFAULT_MAX_CHANNELS),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"invalid {name}: {value!r}; pass a positive integer, "
+                    f"e.g. {default}"
+                )
+
+    def stream(self, channel: str = DEFAULT_CHANNEL) -> Stream:
+        """Return the stream of ``channel``, creating it on first use.
+
+        Raises:
+            ValueError: if the name is invalid or ``max_channels`` streams
+                exist already.
+        """
+        stream = self.streams.get(channel)
+        if stream is None:
+            check_channel(channel)
+            if len(self.streams) >= self.max_channels:
+                raise ValueError(
+                    f"too many channels: {len(self.streams)} exist, the maximum; "
+                    f"reuse a channel or raise max_channels (for {channel!r})"
+                )
+            stream = self.streams[channel] = Stream(channel, self.history_size)
+        return stream
+
+    @property
+    def latest(self) -> int:
+        """The latest ``seq`` of the default channel."""
+        return self.stream().latest
+
+    @property
+    def history(self) -> deque[Event]:
+        """The kept events of the default channel."""
+        return self.stream().history
+
+    def reset(self, epoch: str | None = None) -> None:
+        """Start a new epoch: forget every channel, count from 1 again."""
+        self.epoch = epoch or secrets.token_hex(4)
+        self.closed = False
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.wake_all()
+
+    def close(self) -> None:
+        """Release every waiting long poll and make new ones return at once."""
+        self.closed = True
+        for stream in self.streams.values():
+            stream.wake_all()
+
+    def publish(self, data: Any, channel: str = DEFAULT_CHANNEL) -> Event:
+        """Append an event, wake every waiting long poll, notify subscribers.
+
+        Subscribers are called synchronously and in order, so they must not
+        block; a WebSocket subscriber writes with ``broadcast()``.
+
+        Raises:
+            ValueError: if ``channel`` is invalid or one too many.
+        """
+        event = self.stream(channel).append(data)
+        for subscriber in list(self._subscribers):
+            subscriber(event)
+        return event
+
+    def events_after(self, since: int, channel: str = DEFAULT_CHANNEL) -> EventsAfter:
+        """Return the events of ``channel`` after ``since``; see :class:`Stream`."""
+        stream = self.streams.get(channel)
+        if stream is None:
+            check_channel(channel)
+            return EventsAfter([], 0)
+        return stream.events_after(since)
+
+    async def wait_for_events(
+        self, since: int, wait: float, channel: str = DEFAULT_CHANNEL
+    ) -> EventsAfter:
+        """Return the events after ``since``, waiting up to ``wait`` seconds.
+
+        Returns at once when events are already there, or when ``since`` is
+        beyond the latest ``seq`` (a client from before a restart must learn
+        the new epoch now, not after the wait). Otherwise waits for the next
+        publish on ``channel``, :meth:`reset` or :meth:`close`, without polling.
+
+        Raises:
+            ValueError: if ``channel`` is invalid or one too many.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            stream = self.stream(channel)
+            result = stream.events_after(since)
+            if result.events or result.missed or since > stream.latest or self.closed:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not math.isfinite(remaining):
+                return result
+            try:
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(stream.changed())
+            except TimeoutError:
+                return self.events_after(since, channel)
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback`` with each new event; return a function that stops it."""

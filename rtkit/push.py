@@ -1,42 +1,115 @@
-"""The default WebSocket handler: the classic echo plus event push.
+"""The default WebSocket handler: the classic echo, event push, channels and chat.
 
 Every client is greeted with :data:`~rtkit.echo.WELCOME`. Plain text messages
 keep the echo of the first example (``Server received: <text>``). A text
-message that is a JSON object with a ``type`` is a protocol message:
+message that is a JSON object with a ``type`` is a command:
 
-``{"type": "subscribe", "since": SEQ, "epoch": EPOCH}``
-    Replay the events after ``SEQ`` still in the history, then push each new
-    as ``{"type": "event", "seq", "epoch", "channel", "data", "ts"}``.
-    ``epoch`` is optional: when it is not the server's current epoch, ``SEQ``
-    belongs to an earlier run and the replay starts from the first event.
-    The server first confirms with ``{"type": "subscribed", "epoch", "seq",
-    "missed"}``, where ``missed`` counts events after ``SEQ`` that already fell
-    out of the history.
-``{"type": "unsubscribe"}``
-    Stop pushing events; the server confirms with ``{"type": "unsubscribed"}``.
+``{"type": "subscribe", "channel": C, "since": SEQ, "epoch": EPOCH}``
+    Replay the events of channel ``C`` (default ``events``) after ``SEQ`` still
+    in the history, then push each new one as ``{"type": "event", "seq",
+    "epoch", "channel", "data", "ts"}``. ``epoch`` is optional: when it is not
+    the server's current epoch, ``SEQ`` belongs to an earlier run and the
+    replay starts from the first event. The server first confirms with
+    ``{"type": "subscribed", "channel", "epoch", "seq", "missed"}``, where
+    ``missed`` counts events after ``SEQ`` that already left the history.
+``{"type": "unsubscribe", "channel": C}``
+    Stop pushing the events of ``C``; confirmed with ``unsubscribed``.
+``{"type": "join", "channel": C, "name": NAME, "since": SEQ}``
+    Subscribe to ``C`` and appear in its presence list under ``NAME``.
+    Members of ``C`` receive ``{"type": "presence", "channel", "members":
+    [{"id", "name"}]}`` whenever someone joins, leaves, renames or disconnects.
+``{"type": "leave", "channel": C}``
+    Leave ``C``: unsubscribe and disappear from its presence list.
+``{"type": "message", "channel": C, "text": TEXT}``
+    Publish ``{"from": {"id", "name"}, "text"}`` to ``C``, which every
+    subscriber receives as an ``event``. Only members of ``C`` may send.
 
 Anything else that parses as JSON with a ``type`` gets an ``error`` message
-naming what was wrong, and the connection stays open.
+naming what was wrong, and the connection stays open. More commands can be
+added to :attr:`PushHandler.commands`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 
 from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
-from .hub import Event, Hub
+from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel
 
-__all__ = ["PushHandler"]
+__all__ = ["Client", "CommandError", "PushHandler", "check_name", "remote_address"]
 
 logger = logging.getLogger("rtkit.push")
 
+MAX_NAME_LENGTH = 32
+MAX_TEXT_LENGTH = 4096
+
+Command = Callable[[ServerConnection, dict[str, Any]], Awaitable[None]]
+"""A command: an async function of the connection and the decoded message."""
+
+
+class CommandError(ValueError):
+    """Raised by a command for invalid input; sent back as an ``error``.
+
+    Args:
+        code: a short machine-readable name, such as ``"missing_field"``.
+        message: a sentence naming the value and the fix.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Client:
+    """What the server knows about one WebSocket connection."""
+
+    id: str
+    """Short identifier: the first 8 hex digits of the connection's UUID."""
+    remote: str
+    """The client's address, as ``host:port``."""
+    connected_at: float = field(default_factory=time.time)
+    name: str = ""
+    """Display name chosen with ``join``; empty until then."""
+    channels: set[str] = field(default_factory=set)
+    """Channels joined, with presence."""
+    subscriptions: set[str] = field(default_factory=set)
+    """Channels whose events are pushed to this client."""
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` stripped, if it is a valid display name.
+
+    Raises:
+        CommandError: if ``name`` is not a string of 1 to 32 printable
+            characters.
+    """
+    if isinstance(name, str):
+        name = name.strip()
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= MAX_NAME_LENGTH
+        or not name.isprintable()
+    ):
+        raise CommandError(
+            "invalid_name",
+            f"invalid name: {name!r}; use 1 to {MAX_NAME_LENGTH} printable "
+            "characters, e.g. 'ada'",
+        )
+    return name
+
 
 def parse_command(text: str) -> dict[str, Any] | None:
-    """Return ``text`` as a protocol message, or ``None`` for plain text."""
+    """Return ``text`` as a command, or ``None`` for plain text to echo."""
     if not text.lstrip().startswith("{"):
         return None
     try:
@@ -48,97 +121,266 @@ def parse_command(text: str) -> dict[str, Any] | None:
     return None
 
 
+def _since(command: dict[str, Any]) -> int:
+    since = command.get("since", 0)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise CommandError(
+            "invalid_since",
+            f"invalid since: {since!r}; send the last seq you received, "
+            "an integer >= 0 (0 for everything in the history)",
+        )
+    return since
+
+
+def _channel(command: dict[str, Any], default: str | None = None) -> str:
+    channel = command.get("channel", default)
+    if channel is None:
+        raise CommandError(
+            "missing_field",
+            f"missing field 'channel' in {command['type']!r}; "
+            'send e.g. {"channel": "lobby"}',
+        )
+    try:
+        return check_channel(channel)
+    except ValueError as exc:
+        raise CommandError("invalid_channel", str(exc)) from None
+
+
 class PushHandler:
-    """Serve echo and event push to WebSocket clients from one :class:`Hub`.
+    """Serve echo, event push, channels and chat from one :class:`Hub`.
 
     Args:
-        hub: the event stream pushed to subscribers.
+        hub: the event streams pushed to subscribers.
     """
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.subscribers: set[ServerConnection] = set()
+        self.clients: dict[ServerConnection, Client] = {}
+        """Every open connection and its state."""
+        self.subscribers: dict[str, set[ServerConnection]] = {}
+        """Connections subscribed to each channel."""
+        self.commands: dict[str, Command] = {
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "join": self.join,
+            "leave": self.leave,
+            "message": self.message,
+        }
+        """Command handlers by message ``type``; add entries to extend the protocol."""
+        self.listeners: list[Callable[[str, Client], None]] = []
+        """Called with ("connect" | "disconnect" | "change", client) on changes."""
         self._unsubscribe_hub = hub.subscribe(self._push)
 
+    # Sending
+
+    def send(
+        self, connections: list[ServerConnection], message: dict[str, Any]
+    ) -> None:
+        """Write ``message`` to ``connections`` without waiting on any of them.
+
+        ``broadcast()`` skips connections that are closing and never waits on
+        a slow one, so one stalled client cannot delay the others.
+        """
+        if not connections:
+            return
+        broadcast(connections, encode(message))
+        for connection in connections:
+            client = self.clients.get(connection)
+            if client is not None:
+                client.messages_out += 1
+
     def _push(self, event: Event) -> None:
-        # broadcast() writes to each connection without waiting, so one slow
-        # client never delays the others; the set is copied before iterating.
-        if self.subscribers:
-            message = encode(event.envelope(self.hub.epoch))
-            broadcast(list(self.subscribers), message)
+        # A copy, because a handler may change the set while this iterates.
+        connections = list(self.subscribers.get(event.channel, ()))
+        self.send(connections, event.envelope(self.hub.epoch))
+
+    def members(self, channel: str) -> list[Client]:
+        """Return the clients that joined ``channel``, in order of arrival."""
+        return [c for c in self.clients.values() if channel in c.channels]
+
+    def _send_presence(self, channel: str) -> None:
+        connections = [
+            c for c, info in self.clients.items() if channel in info.channels
+        ]
+        listing = [{"id": c.id, "name": c.name} for c in self.members(channel)]
+        message = {"type": "presence", "channel": channel, "members": listing}
+        self.send(connections, message)
+
+    def _notify(self, change: str, client: Client) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(change, client)
+            except Exception:
+                logger.exception(
+                    "listener failed on %s of client %s", change, client.id
+                )
+
+    # Connection lifecycle
 
     async def __call__(self, connection: ServerConnection) -> None:
         """Handle one connection until it closes."""
+        client = Client(connection.id.hex[:8], remote_address(connection))
+        self.clients[connection] = client
+        self._notify("connect", client)
         try:
             await connection.send(WELCOME)
+            client.messages_out += 1
             async for message in connection:
+                client.messages_in += 1
                 await self.handle_message(connection, message)
         finally:
-            self.subscribers.discard(connection)
+            del self.clients[connection]
+            for channel in client.subscriptions:
+                self.subscribers.get(channel, set()).discard(connection)
+            for channel in client.channels:
+                self._send_presence(channel)
+            self._notify("disconnect", client)
 
     async def handle_message(
         self, connection: ServerConnection, message: str | bytes
     ) -> None:
         """Reply to one message from ``connection``."""
         if isinstance(message, bytes):
-            await connection.send(binary_unsupported(len(message)))
+            await self._reply(connection, binary_unsupported(len(message)))
             return
         command = parse_command(message)
         if command is None:
-            await connection.send(echo_reply(message))
-        elif command["type"] == "subscribe":
-            await self.subscribe(connection, command)
-        elif command["type"] == "unsubscribe":
-            self.subscribers.discard(connection)
-            await connection.send(encode({"type": "unsubscribed"}))
-        else:
-            await connection.send(
+            await self._reply(connection, echo_reply(message))
+            return
+        handler = self.commands.get(command["type"])
+        if handler is None:
+            known = ", ".join(repr(name) for name in self.commands)
+            await self._reply(
+                connection,
                 error_message(
                     "unknown_type",
-                    f"unknown message type: {command['type']!r}; "
-                    "send 'subscribe' or 'unsubscribe', or plain text to echo",
-                )
+                    f"unknown message type: {command['type']!r}; send one of "
+                    f"{known}, or plain text to echo",
+                ),
             )
+            return
+        try:
+            await handler(connection, command)
+        except CommandError as exc:
+            await self._reply(connection, error_message(exc.code, str(exc)))
+
+    async def _reply(self, connection: ServerConnection, text: str) -> None:
+        await connection.send(text)
+        client = self.clients.get(connection)
+        if client is not None:
+            client.messages_out += 1
+
+    # Commands
 
     async def subscribe(
         self, connection: ServerConnection, command: dict[str, Any]
     ) -> None:
         """Replay the events after ``since``, then add ``connection`` to the push."""
-        since = command.get("since", 0)
-        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            await connection.send(
-                error_message(
-                    "invalid_since",
-                    f"invalid since: {since!r}; send the last seq you received, "
-                    "an integer >= 0 (0 for everything in the history)",
-                )
-            )
-            return
+        channel = _channel(command, DEFAULT_CHANNEL)
+        since = _since(command)
+        self._subscribe(connection, channel, since, command.get("epoch"))
+
+    def _subscribe(
+        self, connection: ServerConnection, channel: str, since: int, epoch: Any
+    ) -> None:
         hub = self.hub
-        if command.get("epoch", hub.epoch) != hub.epoch:
+        if epoch is not None and epoch != hub.epoch:
             since = 0
-        result = hub.events_after(since)
+        try:
+            result = hub.stream(channel).events_after(since)
+        except ValueError as exc:
+            raise CommandError("invalid_channel", str(exc)) from None
         confirmation = {
             "type": "subscribed",
+            "channel": channel,
             "epoch": hub.epoch,
             "seq": result.latest,
             "missed": result.missed,
         }
         # The replay and the registration happen without an await in between,
         # so no event is published between them: none is lost or sent twice.
-        broadcast([connection], encode(confirmation))
+        self.send([connection], confirmation)
         for event in result.events:
-            broadcast([connection], encode(event.envelope(hub.epoch)))
-        self.subscribers.add(connection)
+            self.send([connection], event.envelope(hub.epoch))
+        self.subscribers.setdefault(channel, set()).add(connection)
+        self.clients[connection].subscriptions.add(channel)
         if result.missed:
             logger.info(
-                "client %s resumed after seq %d and missed %d events",
-                connection.id.hex[:8],
+                "client %s resumed %s after seq %d and missed %d events",
+                self.clients[connection].id,
+                channel,
                 since,
                 result.missed,
             )
+
+    async def unsubscribe(
+        self, connection: ServerConnection, command: dict[str, Any]
+    ) -> None:
+        """Stop pushing a channel's events to ``connection``."""
+        channel = _channel(command, DEFAULT_CHANNEL)
+        self.subscribers.get(channel, set()).discard(connection)
+        self.clients[connection].subscriptions.discard(channel)
+        self.send([connection], {"type": "unsubscribed", "channel": channel})
+
+    async def join(self, connection: ServerConnection, command: dict[str, Any]) -> None:
+        """Subscribe to a channel and enter its presence list under a name."""
+        channel = _channel(command)
+        name = check_name(command.get("name"))
+        since = _since(command)
+        client = self.clients[connection]
+        client.name = name
+        self._subscribe(connection, channel, since, command.get("epoch"))
+        client.channels.add(channel)
+        self._send_presence(channel)
+        self._notify("change", client)
+
+    async def leave(
+        self, connection: ServerConnection, command: dict[str, Any]
+    ) -> None:
+        """Leave a channel: unsubscribe and leave its presence list."""
+        channel = _channel(command)
+        client = self.clients[connection]
+        if channel not in client.channels:
+            raise CommandError(
+                "not_joined", f"not a member of {channel!r}; nothing to leave"
+            )
+        client.channels.discard(channel)
+        await self.unsubscribe(connection, command)
+        self._send_presence(channel)
+        self._notify("change", client)
+
+    async def message(
+        self, connection: ServerConnection, command: dict[str, Any]
+    ) -> None:
+        """Publish a chat message to a channel the sender has joined."""
+        channel = _channel(command)
+        client = self.clients[connection]
+        if channel not in client.channels:
+            raise CommandError(
+                "not_joined",
+                f"not a member of {channel!r}; send "
+                f'{{"type": "join", "channel": "{channel}", "name": ...}} first',
+            )
+        text = command.get("text")
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_LENGTH:
+            raise CommandError(
+                "invalid_text",
+                f"invalid text: {str(text)[:40]!r}; send 1 to {MAX_TEXT_LENGTH} "
+                "characters of text",
+            )
+        sender = {"id": client.id, "name": client.name}
+        self.hub.publish({"from": sender, "text": text}, channel)
 
     def close(self) -> None:
         """Stop receiving events from the hub."""
         self._unsubscribe_hub()
         self.subscribers.clear()
+
+
+def remote_address(connection: ServerConnection) -> str:
+    """Return the peer of ``connection`` as ``host:port`` (``[host]:port`` for IPv6)."""
+    address = connection.remote_address
+    if not address:
+        return "unknown"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

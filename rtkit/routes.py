@@ -21,6 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .echo import encode
+from .hub import DEFAULT_CHANNEL, check_channel
 
 __all__ = [
     "MAX_WAIT",
@@ -161,14 +162,17 @@ class PollQuery:
     """How long a long poll may wait for an event; ``None`` for a short poll."""
     epoch: str | None = None
     """The epoch ``since`` belongs to; a different epoch means "start over"."""
+    channel: str = DEFAULT_CHANNEL
+    """The channel whose events are requested."""
 
 
 def parse_poll_query(query: str) -> PollQuery:
-    """Parse ``since``, ``wait`` and ``epoch`` from the query string of ``/poll``.
+    """Parse ``since``, ``wait``, ``epoch`` and ``channel`` from a ``/poll`` query.
 
     ``since`` defaults to 0. ``wait``, in seconds from 0 to :data:`MAX_WAIT`,
     makes the request a long poll. ``epoch``, when given and not the server's
-    current one, makes the server answer as if ``since`` were 0.
+    current one, makes the server respond as if ``since`` were 0. ``channel``
+    defaults to ``events``.
 
     Raises:
         InvalidParameter: naming the parameter, its value and the allowed range.
@@ -186,8 +190,13 @@ def parse_poll_query(query: str) -> PollQuery:
             "an integer >= 0 (0 for everything in the history)",
         )
     epoch = values.get("epoch", [None])[0] or None
+    channel = values.get("channel", [DEFAULT_CHANNEL])[0]
+    try:
+        check_channel(channel)
+    except ValueError as exc:
+        raise InvalidParameter("channel", str(exc)) from None
     if "wait" not in values:
-        return PollQuery(since, None, epoch)
+        return PollQuery(since, None, epoch, channel)
     wait_text = values["wait"][0]
     try:
         wait = float(wait_text)
@@ -199,7 +208,7 @@ def parse_poll_query(query: str) -> PollQuery:
             f"invalid wait: {wait_text!r}; pass seconds from 0 to {MAX_WAIT:g} "
             "(longer waits are cut by proxies), or leave it out for a short poll",
         )
-    return PollQuery(since, wait, epoch)
+    return PollQuery(since, wait, epoch, channel)
 
 
 def route_name(path: str) -> str:

@@ -44,7 +44,7 @@ from . import routes
 from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, EventsAfter, Hub
 from .logs import install_log_buffer
 from .origins import check_origin, normalize_origin
-from .push import PushHandler
+from .push import PushHandler, remote_address
 from .source import EventSource
 
 __all__ = [
@@ -154,14 +154,6 @@ class Handshake:
             f"{name}: {value}" for name, value in self.response.headers.raw_items()
         ]
         return "\n".join(lines)
-
-
-def _remote(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    if not address:
-        return "unknown"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def describe_close(code: int | None, reason: str = "") -> str:
@@ -429,7 +421,7 @@ class Server:
     # Connection handling
 
     async def _handle(self, connection: ServerConnection) -> None:
-        remote = _remote(connection)
+        remote = remote_address(connection)
         logger.info("client %s connected from %s", connection.id.hex[:8], remote)
         try:
             await self.handler(connection)
@@ -490,34 +482,36 @@ class Server:
         if query.epoch is not None and query.epoch != self.hub.epoch:
             since = 0
         if query.wait is None:
-            result = self.hub.events_after(since)
+            result = self.hub.events_after(since, query.channel)
         else:
-            result = await self._wait_unless_gone(connection, since, query.wait)
+            result = await self._wait_unless_gone(connection, query, since)
         body = result.to_json(self.hub.epoch)
         return routes.json_response(HTTPStatus.OK, body, head=head)
 
     async def _wait_unless_gone(
-        self, connection: ServerConnection, since: int, wait: float
+        self, connection: ServerConnection, query: routes.PollQuery, since: int
     ) -> EventsAfter:
         """Wait for events, but stop waiting when the client disconnects.
 
         Without this, a long poll whose client went away would keep its task
         alive until the next event or the end of the wait.
         """
-        waiting = asyncio.ensure_future(self.hub.wait_for_events(since, wait))
+        waiting = asyncio.ensure_future(
+            self.hub.wait_for_events(since, query.wait or 0, query.channel)
+        )
         await asyncio.wait(
             [waiting, connection.connection_lost_waiter],
             return_when=asyncio.FIRST_COMPLETED,
         )
         if not waiting.done():
             waiting.cancel()
-            return self.hub.events_after(since)
+            return self.hub.events_after(since, query.channel)
         return waiting.result()
 
     def _check_upgrade(
         self, connection: ServerConnection, request: Request, path: str
     ) -> Response | None:
-        remote = _remote(connection)
+        remote = remote_address(connection)
         if path not in routes.WEBSOCKET_PATHS:
             logger.warning(
                 "rejected WebSocket upgrade from %s: no route %s", remote, path
@@ -540,7 +534,9 @@ class Server:
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
         if routes.is_upgrade(request):
-            self.handshakes.append(Handshake(_remote(connection), request, response))
+            self.handshakes.append(
+                Handshake(remote_address(connection), request, response)
+            )
 
     def health(self) -> dict[str, object]:
         """Return the state reported by ``GET /health``."""

@@ -153,6 +153,8 @@ BAD_QUERIES = [
     ("since=0&wait=nan", "wait", "invalid wait: 'nan'"),
     ("since=0&wait=inf", "wait", "invalid wait: 'inf'"),
     ("since=0&wait=", "wait", "invalid wait: ''"),
+    ("channel=a%2Fb", "channel", "invalid channel: 'a/b'"),
+    ("channel=", "channel", "invalid channel: ''"),
 ]
 
 
@@ -189,5 +191,22 @@ def test_poll_long_client_gone_stops_waiting() -> None:
                     break
                 await asyncio.sleep(0.02)
             assert not websocket_server.handler_tasks
+
+    run(scenario())
+
+
+def test_poll_channel_has_own_sequence() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            server.publish("default")
+            server.publish("a", channel="lobby")
+            server.publish("b", channel="lobby")
+            _, body = await poll(server, "since=0&channel=lobby")
+            assert [e["data"] for e in body["events"]] == ["a", "b"]
+            assert [e["seq"] for e in body["events"]] == [1, 2]
+            assert body["events"][0]["channel"] == "lobby"
+            _, body = await poll(server, "since=0&channel=empty")
+            assert body["events"] == []
+            assert body["seq"] == 0
 
     run(scenario())

@@ -33,6 +33,7 @@ def test_push_subscribe_replays_then_streams() -> None:
             confirmation = await receive_json(client)
             assert confirmation == {
                 "type": "subscribed",
+                "channel": "events",
                 "epoch": server.epoch,
                 "seq": 2,
                 "missed": 0,
@@ -91,7 +92,10 @@ def test_push_unsubscribe_stops_events() -> None:
             client = await subscribed_client(server)
             await receive_json(client)
             await client.send(json.dumps({"type": "unsubscribe"}))
-            assert await receive_json(client) == {"type": "unsubscribed"}
+            assert await receive_json(client) == {
+                "type": "unsubscribed",
+                "channel": "events",
+            }
             server.publish("ignored")
             await client.send("ping")
             assert await client.recv() == "Server received: ping"
@@ -135,5 +139,150 @@ def test_push_echo_clients_get_no_events() -> None:
                 server.publish("not for echo clients")
                 await client.send("hi")
                 assert await client.recv() == "Server received: hi"
+
+    run(scenario())
+
+
+async def joined_client(
+    server: rtkit.Server, name: str, channel: str = "lobby"
+) -> ClientConnection:
+    client = await connect(server.ws_url, open_timeout=timeout(2))
+    assert await asyncio.wait_for(client.recv(), timeout(2)) == rtkit.WELCOME
+    await client.send(json.dumps({"type": "join", "channel": channel, "name": name}))
+    assert (await receive_json(client))["type"] == "subscribed"
+    return client
+
+
+async def receive_type(client: ClientConnection, kind: str) -> dict[str, Any]:
+    """Return the next message of type ``kind``, skipping others."""
+    while True:
+        message = await receive_json(client)
+        if message["type"] == kind:
+            return message
+
+
+def test_chat_presence_on_join_and_disconnect() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            ada = await joined_client(server, "ada")
+            presence = await receive_type(ada, "presence")
+            assert [m["name"] for m in presence["members"]] == ["ada"]
+            bob = await joined_client(server, "bob")
+            for client in (ada, bob):
+                presence = await receive_type(client, "presence")
+                assert presence["channel"] == "lobby"
+                assert [m["name"] for m in presence["members"]] == ["ada", "bob"]
+            await bob.close()
+            presence = await receive_type(ada, "presence")
+            assert [m["name"] for m in presence["members"]] == ["ada"]
+            await ada.close()
+
+    run(scenario())
+
+
+def test_chat_message_reaches_channel_only() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            ada = await joined_client(server, "ada")
+            bob = await joined_client(server, "bob")
+            eve = await joined_client(server, "eve", channel="other")
+            await ada.send(
+                json.dumps({"type": "message", "channel": "lobby", "text": "hi"})
+            )
+            for client in (ada, bob):
+                event = await receive_type(client, "event")
+                assert event["channel"] == "lobby"
+                assert event["data"]["text"] == "hi"
+                assert event["data"]["from"]["name"] == "ada"
+            server.publish({"text": "only other"}, channel="other")
+            event = await receive_type(eve, "event")
+            assert event["data"] == {"text": "only other"}
+            assert event["seq"] == 1
+            for client in (ada, bob, eve):
+                await client.close()
+
+    run(scenario())
+
+
+def test_chat_leave_removes_from_presence() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            ada = await joined_client(server, "ada")
+            bob = await joined_client(server, "bob")
+            await bob.send(json.dumps({"type": "leave", "channel": "lobby"}))
+            assert (await receive_type(bob, "unsubscribed"))["channel"] == "lobby"
+            while True:
+                presence = await receive_type(ada, "presence")
+                if len(presence["members"]) == 1:
+                    break
+            assert presence["members"][0]["name"] == "ada"
+            assert [c.name for c in server.push.members("lobby")] == ["ada"]
+            await ada.close()
+            await bob.close()
+
+    run(scenario())
+
+
+def test_chat_bad_commands_get_errors() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                cases = [
+                    ({"type": "join", "name": "x"}, "missing_field", "'channel'"),
+                    ({"type": "join", "channel": "lobby"}, "invalid_name", "None"),
+                    (
+                        {"type": "join", "channel": "lobby", "name": " "},
+                        "invalid_name",
+                        "''",
+                    ),
+                    (
+                        {"type": "join", "channel": "../x", "name": "a"},
+                        "invalid_channel",
+                        "'../x'",
+                    ),
+                    (
+                        {"type": "message", "channel": "lobby", "text": "x"},
+                        "not_joined",
+                        "join",
+                    ),
+                    ({"type": "leave", "channel": "lobby"}, "not_joined", "lobby"),
+                ]
+                for command, code, text in cases:
+                    await client.send(json.dumps(command))
+                    error = await receive_json(client)
+                    assert error["type"] == "error", command
+                    assert error["code"] == code, command
+                    assert text in error["message"], command
+                await client.send(
+                    json.dumps({"type": "join", "channel": "lobby", "name": "a"})
+                )
+                await receive_type(client, "presence")
+                await client.send(
+                    json.dumps({"type": "message", "channel": "lobby", "text": ""})
+                )
+                error = await receive_type(client, "error")
+                assert error["code"] == "invalid_text"
+                await client.send("still open")
+                assert await client.recv() == "Server received: still open"
+
+    run(scenario())
+
+
+def test_chat_channel_limit_rejects_new_channels() -> None:
+    async def scenario() -> None:
+        server = rtkit.Server(port=0)
+        server.hub.max_channels = 3
+        async with server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for i in range(4):
+                    await client.send(
+                        json.dumps({"type": "subscribe", "channel": f"c{i}"})
+                    )
+                    reply = await receive_json(client)
+                expected = "too many channels"
+                assert reply["type"] == "error"
+                assert expected in reply["message"]
 
     run(scenario())
