@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,8 @@ class PushHandler:
             "message": self.message,
         }
         """Command handlers by message ``type``; add entries to extend the protocol."""
+        self.totals: Counter[str] = Counter()
+        """Messages received and sent since creation: ``in`` and ``out``."""
         self.listeners: list[Callable[[str, Client], None]] = []
         """Called with ("connect" | "disconnect" | "change", client) on changes."""
         self._unsubscribe_hub = hub.subscribe(self._push)
@@ -184,6 +187,7 @@ class PushHandler:
         if not connections:
             return
         broadcast(connections, encode(message))
+        self.totals["out"] += len(connections)
         for connection in connections:
             client = self.clients.get(connection)
             if client is not None:
@@ -223,10 +227,10 @@ class PushHandler:
         self.clients[connection] = client
         self._notify("connect", client)
         try:
-            await connection.send(WELCOME)
-            client.messages_out += 1
+            await self._reply(connection, WELCOME)
             async for message in connection:
                 client.messages_in += 1
+                self.totals["in"] += 1
                 await self.handle_message(connection, message)
         finally:
             del self.clients[connection]
@@ -266,6 +270,7 @@ class PushHandler:
 
     async def _reply(self, connection: ServerConnection, text: str) -> None:
         await connection.send(text)
+        self.totals["out"] += 1
         client = self.clients.get(connection)
         if client is not None:
             client.messages_out += 1
