@@ -8,7 +8,7 @@ Start the in-kernel server from a notebook cell with top-level ``await``::
 """
 
 from .echo import WELCOME, echo, echo_reply
-from .logs import recent_logs
+from .logs import install_log_buffer, recent_logs
 from .origins import check_origin
 from .server import (
     DEFAULT_HOST,
@@ -42,3 +42,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Keep rtkit's log lines from the first import on, so recent_logs() and the
+# control panel show them instead of stderr under whichever cell ran last.
+install_log_buffer()

@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -87,3 +87,10 @@ def live_server() -> Iterator[rtkit.Server]:
     """An echo server on 127.0.0.1 and a free port, served from a thread."""
     with ThreadedServer() as server:
         yield server
+
+
+async def until(condition: Callable[[], bool], units: float = 2) -> None:
+    """Wait until ``condition()`` is true, checking every 20 ms, bounded."""
+    async with asyncio.timeout(timeout(units)):
+        while not condition():
+            await asyncio.sleep(0.02)

@@ -10,14 +10,7 @@ from websockets.asyncio.client import connect
 import rtkit
 from rtkit.widgets import ControlPanel
 
-from .conftest import run, timeout
-
-
-async def until(condition: object, units: float = 2) -> None:
-    """Wait until ``condition()`` is true, bounded."""
-    async with asyncio.timeout(timeout(units)):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
+from .conftest import run, timeout, until
 
 
 def test_panel_send_reaches_channel_member() -> None:

@@ -1,0 +1,105 @@
+"""Broadcast under churn: clients come and go, one never reads, nobody suffers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+import rtkit
+
+from .conftest import run, timeout, until
+
+MESSAGES = 30
+RATE = 10.0
+
+
+async def join(server: rtkit.Server, name: str) -> ClientConnection:
+    client = await connect(server.ws_url, open_timeout=timeout(2), max_queue=None)
+    await asyncio.wait_for(client.recv(), timeout(2))
+    await client.send(json.dumps({"type": "join", "channel": "lobby", "name": name}))
+    return client
+
+
+async def collect_texts(client: ClientConnection, count: int) -> list[str]:
+    """Receive until ``count`` chat events have arrived; return their texts."""
+    texts: list[str] = []
+    while len(texts) < count:
+        message = json.loads(await asyncio.wait_for(client.recv(), timeout(5)))
+        if message["type"] == "event":
+            texts.append(message["data"]["text"])
+    return texts
+
+
+async def churn(server: rtkit.Server, stop: asyncio.Event, seed: int) -> int:
+    """Connect and disconnect clients until ``stop``; return how many came."""
+    rng = random.Random(seed)
+    count = 0
+    while not stop.is_set():
+        client = await join(server, f"churn-{seed}-{count}")
+        count += 1
+        await asyncio.sleep(rng.uniform(0, 0.2))
+        if rng.random() < 0.5:
+            client.transport.abort()
+        else:
+            await client.close()
+    return count
+
+
+@pytest.mark.slow
+def test_broadcast_churn_healthy_clients_get_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+
+    async def scenario() -> tuple[int, int]:
+        async with rtkit.Server(port=0, ping_interval=None) as server:
+            healthy = [await join(server, f"healthy-{i}") for i in range(3)]
+            stalled = await connect(server.ws_url, open_timeout=timeout(2))
+            await stalled.recv()
+            await stalled.send(
+                json.dumps({"type": "join", "channel": "lobby", "name": "stalled"})
+            )
+            # The stalled client stops reading: its socket buffers fill up.
+            stalled.transport.pause_reading()
+            readers = [asyncio.create_task(collect_texts(c, MESSAGES)) for c in healthy]
+            stop = asyncio.Event()
+            churners = [asyncio.create_task(churn(server, stop, s)) for s in range(17)]
+            for n in range(MESSAGES):
+                server.publish(
+                    {"from": {"id": "t", "name": "test"}, "text": f"m{n}"}, "lobby"
+                )
+                await asyncio.sleep(1 / RATE)
+            stop.set()
+            joined = sum(await asyncio.gather(*churners))
+            results = await asyncio.gather(*readers)
+            expected = [f"m{n}" for n in range(MESSAGES)]
+            for texts in results:
+                assert texts == expected
+            # Once the churn is over, the server keeps state for the four clients
+            # that stayed and nothing for the ones that left.
+            await until(lambda: len(server.push.clients) == 4, units=5)
+            assert len(server.push.subscribers["lobby"]) == 4
+            assert len(server.push.members("lobby")) == 4
+            assert len(server.hub.stream("lobby").history) == MESSAGES
+            stalled_server_side = next(
+                c for c, info in server.push.clients.items() if info.name == "stalled"
+            )
+            buffered = stalled_server_side.transport.get_write_buffer_size()
+            for client in healthy:
+                await client.close()
+            stalled.transport.abort()
+            return joined, buffered
+
+    joined, buffered = run(scenario(), units=60)
+    assert joined >= 20
+    # broadcast() never waits on the stalled client. What it could not write
+    # waits in that one connection's buffer: at most every message once.
+    assert buffered <= MESSAGES * 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert not any(r.exc_info for r in caplog.records)
