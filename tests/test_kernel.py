@@ -146,3 +146,59 @@ def test_kernel_serves_while_idle(kernel: BlockingKernelClient) -> None:
 
     execute(kernel, "await server.stop()")
     assert can_bind(port), f"port {port} is still taken after server.stop()"
+
+
+def send_comm_message(
+    client: BlockingKernelClient, comm_id: str, data: dict[str, object]
+) -> None:
+    """Send a ``comm_msg`` on the shell channel, as JupyterLab does for widgets."""
+    message = client.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+    client.shell_channel.send(message)
+
+
+async def joined_lobby_event(url: str, send: object) -> dict:
+    """Join ``lobby``, call ``send()``, and return the first chat event received."""
+    async with connect(url, open_timeout=timeout(5)) as client:
+        await asyncio.wait_for(client.recv(), timeout(5))
+        join = {"type": "join", "channel": "lobby", "name": "outside"}
+        await client.send(json.dumps(join))
+        while json.loads(await client.recv())["type"] != "presence":
+            pass
+        await asyncio.to_thread(send)  # type: ignore[arg-type]
+        while True:
+            message = json.loads(await asyncio.wait_for(client.recv(), timeout(10)))
+            if message["type"] == "event":
+                return message
+
+
+def test_kernel_panel_click_broadcasts_while_idle(
+    kernel: BlockingKernelClient,
+) -> None:
+    port = free_port()
+    execute(kernel, START_CELL.format(port=port))
+    ids = execute(
+        kernel,
+        "from rtkit.widgets import ControlPanel\n"
+        "panel = ControlPanel(server)\n"
+        "display(panel)\n"
+        "print(panel.message.model_id, panel.send_button.model_id)",
+    ).split()
+    text_id, button_id = ids
+
+    def click_send_from_front_end() -> None:
+        # The same two messages a browser sends: the text box's new value,
+        # then the button's click event.
+        update = {"method": "update", "state": {"value": "hi from the page"}}
+        send_comm_message(kernel, text_id, {**update, "buffer_paths": []})
+        click = {"method": "custom", "content": {"event": "click"}}
+        send_comm_message(kernel, button_id, click)
+
+    event = run(
+        joined_lobby_event(f"ws://127.0.0.1:{port}/ws", click_send_from_front_end)
+    )
+    assert event["channel"] == "lobby"
+    assert event["data"]["text"] == "hi from the page"
+    assert event["data"]["from"]["name"] == "notebook"
+    log = execute(kernel, "print(panel.log.value)")
+    assert "[lobby] notebook: hi from the page" in log
+    execute(kernel, "panel.close()\nawait server.stop()")
