@@ -331,12 +331,20 @@ class Server:
         logger.info("rtkit server on %s stopped", url)
 
     async def restart(self) -> Self:
-        """Stop the server, then start it again on the same port."""
+        """Stop the server, then start it again on the same port.
+
+        The built-in event source, if one was running, runs again afterwards
+        at the same rate, publishing into the new epoch.
+        """
         port = self._bound_port
+        source = self.source
         await self.stop()
         if port is not None and self.requested_port == 0:
             self.requested_port = port
-        return await self.start()
+        await self.start()
+        if source is not None:
+            self.start_source(source.rate, poisson=source.poisson)
+        return self
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -465,7 +473,7 @@ class Server:
         return routes.text_response(
             HTTPStatus.NOT_FOUND,
             f"not found: {request.path}\nrtkit serves /, /static/<file>, /health, "
-            "and WebSocket upgrades on /ws and /.",
+            "/poll, and WebSocket upgrades on /ws and /.",
             head=head,
         )
 

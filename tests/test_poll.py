@@ -176,7 +176,7 @@ def test_poll_bad_parameter_returns_400(
 def test_poll_long_client_gone_stops_waiting() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
             host = f"127.0.0.1:{server.port}"
             writer.write(
                 f"GET /poll?since=0&wait=25 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()

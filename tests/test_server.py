@@ -280,3 +280,19 @@ def test_recent_logs_show_connection_lines() -> None:
     lines = rtkit.recent_logs(10)
     assert "connected from 127.0.0.1:" in lines
     assert "disconnected: client closed with 1000 (normal closure)" in lines
+
+
+def test_restart_keeps_event_source_running() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            server.start_source(rate=50)
+            await server.restart()
+            assert server.source is not None
+            assert server.source.rate == 50
+            for _ in range(100):
+                if server.hub.latest > 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.hub.latest > 0
+
+    run(scenario())
