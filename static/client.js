@@ -1,0 +1,1418 @@
+// The rtkit browser client. In echo mode it connects to an rtkit server over
+// WebSocket and logs every message sent and received. In the event modes it
+// follows the server's event stream over WebSocket push, long polling or short
+// polling, and counts requests, events and bytes.
+//
+// client.html loads this file as a module, and as a classic script when the page
+// is opened from file://, so it must not use import or export.
+"use strict";
+
+const MAX_LOG_LINES = 500;
+const MAX_EVENT_ROWS = 200;
+const GREETING = "Hello Server!";
+const FILE_PAGE_URL = "ws://localhost:8765/ws";
+const FILE_PAGE_POLL_URL = "http://localhost:8765/poll";
+const SERVER_PAGE_URL = "http://127.0.0.1:8765/";
+
+/** Pause before the next attempt after a failed poll or a lost push connection. */
+const RETRY_DELAY_MS = 1000;
+/** How long a long poll may wait for an event, below rtkit's maximum of 30 s. */
+const LONG_POLL_WAIT_S = 25;
+/** How much longer than its wait a poll may take before the page gives up on it. */
+const POLL_TIMEOUT_MARGIN_MS = 10000;
+const MIN_INTERVAL_S = 0.1;
+const MAX_INTERVAL_S = 10;
+
+// Close code meanings from RFC 6455 section 7.4.1 and, for 1012 to 1014, the
+// IANA WebSocket Close Code Number Registry.
+const CLOSE_CODES = new Map([
+  [1000, "normal closure"],
+  [1001, "going away"],
+  [1002, "protocol error"],
+  [1003, "unsupported data"],
+  [1004, "reserved"],
+  [1005, "no status received"],
+  [1006, "abnormal closure, no close frame"],
+  [1007, "invalid payload data"],
+  [1008, "policy violation"],
+  [1009, "message too big"],
+  [1010, "mandatory extension missing"],
+  [1011, "internal error"],
+  [1012, "service restart"],
+  [1013, "try again later"],
+  [1014, "bad gateway"],
+  [1015, "TLS handshake failed"],
+]);
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/**
+ * The page's modes. `endpoint` is the kind of URL the mode connects to, and
+ * `follows` is true for the modes that follow the event stream.
+ */
+const MODES = {
+  echo: { label: "Echo (WebSocket)", endpoint: "websocket", follows: false },
+  push: { label: "Events: WebSocket push", endpoint: "websocket", follows: true },
+  "long-poll": { label: "Events: long poll", endpoint: "poll", follows: true },
+  "short-poll": { label: "Events: short poll", endpoint: "poll", follows: true },
+};
+
+const state = {
+  mode: "echo",
+  /** The running WebSocket session or poll loop, or null when closed. */
+  session: null,
+  status: "closed",
+  /** The URL of each endpoint, derived from the page and kept when the user edits it. */
+  urls: { websocket: "", poll: "" },
+  /** Whether short polling did not start because the interval was invalid. */
+  intervalRejected: false,
+};
+
+/**
+ * The page's position in the server's event stream. It outlives mode switches,
+ * so the next transport resumes after the last event the previous one received.
+ */
+const position = { epoch: null, seq: 0 };
+
+/** Counters of the current run, reset on every mode switch and every Connect. */
+let counters = newCounters();
+
+// Elements looked up once by init().
+const ui = {};
+
+// Handlers for received JSON messages, by their "type" field. Each gets the
+// parsed message and the text it came in.
+const messageHandlers = {
+  error(message) {
+    let text = `server error: ${JSON.stringify(message)}`;
+    if (typeof message.message === "string") {
+      const code = typeof message.code === "string" ? ` (${message.code})` : "";
+      text = `server error${code}: ${message.message}`;
+    }
+    log("error", text);
+  },
+  // The stream messages belong to the push mode. In echo mode they only appear
+  // after the user sends a subscribe message by hand, so they are shown as text.
+  subscribed(message, text) {
+    if (!followsEvents()) {
+      log("received", text);
+      return;
+    }
+    acceptSubscribed(message);
+  },
+  event(message, text) {
+    if (!followsEvents()) {
+      log("received", text);
+      return;
+    }
+    acceptEvents([message], wallClockMs());
+  },
+  unsubscribed(message, text) {
+    log(followsEvents() ? "system" : "received", text);
+  },
+};
+
+// URLs
+
+/**
+ * Derives the WebSocket URL from the page's location.
+ *
+ * A `url` query parameter wins. Otherwise the URL keeps the page's host and
+ * path prefix, drops a final static/<file>, and ends in "ws", so a page at
+ * http://host/proxy/8765/static/client.html connects to
+ * ws://host/proxy/8765/ws. Pages opened from file:// get FILE_PAGE_URL.
+ */
+function deriveUrl(location) {
+  const override = new URLSearchParams(location.search).get("url");
+  if (override) {
+    return override;
+  }
+  if (location.protocol === "file:") {
+    return FILE_PAGE_URL;
+  }
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}${serverPathPrefix(location)}ws`;
+}
+
+/**
+ * Derives the /poll URL from the page's location the way deriveUrl derives the
+ * WebSocket URL, so a page at http://host/proxy/8765/ polls
+ * http://host/proxy/8765/poll. Pages opened from file:// get FILE_PAGE_POLL_URL.
+ */
+function derivePollUrl(location) {
+  if (location.protocol === "file:") {
+    return FILE_PAGE_POLL_URL;
+  }
+  return `${location.protocol}//${location.host}${serverPathPrefix(location)}poll`;
+}
+
+// Returns the path of the server's root as seen by the page, ending in "/".
+function serverPathPrefix(location) {
+  const directory = new URL(".", location.href).pathname;
+  return directory.endsWith("/static/")
+    ? directory.slice(0, -"static/".length)
+    : directory;
+}
+
+/** Returns a close code with its meaning, and the reason when there is one. */
+function describeClose(code, reason) {
+  let meaning = CLOSE_CODES.get(code);
+  if (meaning === undefined && code >= 3000 && code <= 3999) {
+    meaning = "registered for libraries and frameworks";
+  } else if (meaning === undefined && code >= 4000 && code <= 4999) {
+    meaning = "application-defined";
+  } else if (meaning === undefined) {
+    meaning = "unassigned";
+  }
+  const text = `${code} (${meaning})`;
+  return reason ? `${text}: ${reason}` : `${text}, no reason given`;
+}
+
+/** Returns the lines explaining why a connection closed before it opened. */
+function explainFailedOpen(url, location, code, reason) {
+  const lines = [
+    `The connection closed before it opened: ${describeClose(code, reason)}. ` +
+      "The browser hides the HTTP status of a failed upgrade, so the likely " +
+      `causes are that the server is not running, the URL or path (${url}) is ` +
+      "wrong, or the server rejected this page's Origin with HTTP 403 (the " +
+      "server's log gives the reason).",
+  ];
+  const originProblem = describeOriginProblem(location, url);
+  if (originProblem !== null) {
+    lines.push(originProblem);
+  }
+  return lines;
+}
+
+/**
+ * Returns why rtkit's default origin check rejects this page's upgrades to
+ * `url`, or null when it accepts them, following the rules in rtkit/origins.py.
+ */
+function describeOriginProblem(location, url) {
+  if (location.protocol === "file:") {
+    return (
+      "This page was opened from a file, so it sent Origin: null, which rtkit " +
+      `rejects by default. Open ${SERVER_PAGE_URL} instead, or start the ` +
+      "server with `python -m rtkit serve --allow-origin null`."
+    );
+  }
+  const allowHint =
+    `start the server with \`python -m rtkit serve --allow-origin ${location.origin}\`` +
+    ` or pass allowed_origins=["${location.origin}"] in Python`;
+  if (!isSameServer(location, url)) {
+    return (
+      `This page's origin ${location.origin} is not the server's origin, so ` +
+      `rtkit rejects it unless allowed. If the page is trusted, ${allowHint}.`
+    );
+  }
+  if (!isIpOrLocalhost(location.hostname)) {
+    return (
+      `This page's host ${location.hostname} is a DNS name, which rtkit rejects ` +
+      "unless allowed, because another site could point that name at this " +
+      `machine (DNS rebinding). If the page is trusted, ${allowHint}.`
+    );
+  }
+  return null;
+}
+
+/**
+ * Returns why a poll from this page to `url` fails in the browser: the request
+ * is cross-origin and rtkit sends no CORS headers, so the browser blocks the
+ * response and fetch() rejects with a TypeError that gives no details.
+ */
+function explainCrossOriginPoll(location, url) {
+  const serverPage = new URL(".", url).href;
+  const origin = location.protocol === "file:" ? "null (opened from a file)" : location.origin;
+  return (
+    `This page's origin is ${origin}, but the poll URL's origin is ` +
+    `${new URL(url).origin}. rtkit sends no CORS headers, so the browser blocks ` +
+    `cross-origin poll responses. Open the page from the server instead: ${serverPage}`
+  );
+}
+
+// The URL API writes IPv4 hosts as dotted quads and IPv6 hosts in brackets.
+function isIpOrLocalhost(hostname) {
+  return (
+    hostname === "localhost" ||
+    hostname.startsWith("[") ||
+    /^\d{1,3}(\.\d{1,3}){3}$/.test(hostname)
+  );
+}
+
+// Compares host and port the way rtkit's origin check does, which treats
+// localhost, 127.0.0.1 and ::1 as one host.
+function isSameServer(location, url) {
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    return false;
+  }
+  const normalizeHost = (host) => (LOOPBACK_HOSTS.has(host) ? "loopback" : host);
+  const pagePort = location.port || (location.protocol === "https:" ? "443" : "80");
+  const secure = target.protocol === "wss:" || target.protocol === "https:";
+  const targetPort = target.port || (secure ? "443" : "80");
+  return (
+    normalizeHost(location.hostname) === normalizeHost(target.hostname) &&
+    pagePort === targetPort
+  );
+}
+
+// Log
+
+function formatTime(date) {
+  const pad = (value, width = 2) => String(value).padStart(width, "0");
+  return (
+    `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}` +
+    `.${pad(date.getMilliseconds(), 3)}`
+  );
+}
+
+const KIND_LABELS = { sent: "sent", received: "recv", system: "info", error: "error" };
+
+/**
+ * Appends a line of `kind` (sent, received, system or error) to the log.
+ *
+ * Text goes in through textContent only, because it comes from the server and
+ * the user. The oldest lines are dropped beyond MAX_LOG_LINES.
+ */
+function log(kind, text) {
+  const now = new Date();
+  const line = document.createElement("li");
+  line.className = `line line-${kind}`;
+  line.dataset.kind = kind;
+
+  const time = document.createElement("time");
+  time.className = "line-time";
+  time.dateTime = now.toISOString();
+  time.textContent = formatTime(now);
+
+  const label = document.createElement("span");
+  label.className = "line-kind";
+  label.textContent = KIND_LABELS[kind];
+
+  const body = document.createElement("span");
+  body.className = "line-text";
+  body.textContent = text;
+
+  line.append(time, label, body);
+  appendBounded(ui.log, line, MAX_LOG_LINES);
+}
+
+/** Appends `child` to a scrolling list and drops its oldest children beyond `max`. */
+function appendBounded(list, child, max) {
+  const scroller = list.closest(".table-scroll") ?? list;
+  const follow = isScrolledToBottom(scroller);
+  list.append(child);
+  while (list.childElementCount > max) {
+    list.firstElementChild.remove();
+  }
+  if (follow) {
+    scroller.scrollTop = scroller.scrollHeight;
+  }
+}
+
+// Only follow new lines while the reader has not scrolled up to older ones.
+function isScrolledToBottom(element) {
+  return element.scrollHeight - element.scrollTop - element.clientHeight < 24;
+}
+
+// Status and controls
+
+const STATUS_TEXT = {
+  closed: "closed",
+  connecting: "connecting",
+  open: "open",
+  closing: "closing",
+  retrying: "retrying",
+};
+
+/** Updates the status element and the controls from `state`. */
+function render() {
+  const endpoint = MODES[state.mode].endpoint;
+  const polling = endpoint === "poll" && state.status === "open";
+  ui.status.textContent = polling ? "polling" : STATUS_TEXT[state.status];
+  ui.status.dataset.state = state.status;
+  const idle = state.status === "closed";
+  const echoOpen = state.mode === "echo" && state.status === "open";
+  ui.url.readOnly = !idle;
+  ui.connect.disabled = !idle;
+  ui.disconnect.disabled = idle || state.status === "closing";
+  ui.message.disabled = !echoOpen;
+  ui.send.disabled = !echoOpen;
+}
+
+function setStatus(status) {
+  state.status = status;
+  render();
+}
+
+/** Shows the controls of the current mode. */
+function renderMode() {
+  const mode = MODES[state.mode];
+  ui.urlLabel.textContent = mode.endpoint === "poll" ? "Poll URL" : "WebSocket URL";
+  ui.url.value = state.urls[mode.endpoint];
+  ui.intervalField.hidden = state.mode !== "short-poll";
+  ui.eventsPanel.hidden = !mode.follows;
+  ui.sendForm.hidden = state.mode !== "echo";
+  document.body.dataset.mode = state.mode;
+  for (const input of ui.modeInputs) {
+    input.checked = input.value === state.mode;
+  }
+  render();
+}
+
+function followsEvents() {
+  return MODES[state.mode].follows;
+}
+
+// Sessions
+
+/** Opens a connection to `url`, or starts polling it, in the current mode. */
+function connect(url) {
+  if (state.session !== null) {
+    return;
+  }
+  const mode = MODES[state.mode];
+
+  if (!isValidUrl(url, mode.endpoint)) {
+    const example = mode.endpoint === "poll" ? derivePollUrl(window.location) : "ws://127.0.0.1:8765/ws";
+    log("error", `invalid URL ${JSON.stringify(url)}. Enter a URL such as ${example}.`);
+    return;
+  }
+  let intervalSeconds = null;
+  if (state.mode === "short-poll") {
+    intervalSeconds = readInterval();
+    if (intervalSeconds === null) {
+      state.intervalRejected = true;
+      log("error", "short polling not started: the interval is invalid");
+      return;
+    }
+  }
+
+  state.urls[mode.endpoint] = url;
+  state.intervalRejected = false;
+  resetCounters();
+
+  let session;
+  if (mode.endpoint === "poll") {
+    const waitSeconds = state.mode === "long-poll" ? LONG_POLL_WAIT_S : null;
+    session = newPollSession(url, waitSeconds, intervalSeconds);
+  } else {
+    session = newWebSocketSession(url, mode.follows);
+  }
+  // The session is current before it starts, so that a failure to start ends it.
+  state.session = session;
+  session.start();
+}
+
+// Polls need an http(s) URL. WebSocket URLs are checked by the WebSocket
+// constructor, whose SyntaxError connectSocket() reports.
+function isValidUrl(url, endpoint) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return false;
+  }
+  return endpoint !== "poll" || parsed.protocol === "http:" || parsed.protocol === "https:";
+}
+
+/** Starts a normal closure of the current connection, or stops polling. */
+function disconnect() {
+  const session = state.session;
+  if (session === null || state.status === "closing") {
+    return;
+  }
+  if (session.kind === "websocket" && session.transport !== null) {
+    setStatus("closing");
+    log("system", "closing the connection");
+    session.closeRequested = true;
+    session.transport.close(1000, "client disconnected");
+    return;
+  }
+  session.stop("client disconnected");
+  endSession(session);
+  log("system", describeStop(session));
+}
+
+/** Stops the current session at once and starts `mode` with fresh counters. */
+function switchMode(mode) {
+  if (!Object.hasOwn(MODES, mode) || mode === state.mode) {
+    return;
+  }
+  const session = state.session;
+  if (session !== null) {
+    session.stop("client switched transport");
+    endSession(session);
+    log("system", `stopped ${MODES[state.mode].label}: ${describeStop(session)}`);
+  }
+  state.mode = mode;
+  resetCounters();
+  renderMode();
+  log("system", `switched to ${MODES[mode].label}`);
+  connect(ui.url.value.trim());
+}
+
+// Returns what stopping `session` did, for the log.
+function describeStop(session) {
+  if (session.kind === "websocket") {
+    return session.closedSocket
+      ? "closing the WebSocket with 1000 (normal closure)"
+      : "stopped reconnecting";
+  }
+  const requests = counters.requests === 1 ? "1 request" : `${counters.requests} requests`;
+  return `stopped polling after ${requests}`;
+}
+
+/** Marks `session` as ended, when it is still the current one. */
+function endSession(session) {
+  if (state.session === session) {
+    state.session = null;
+    setStatus("closed");
+  }
+}
+
+// Failures are logged once per distinct message. Identical failures in a row
+// are only counted, and the count is logged when the session recovers.
+function reportFailure(session, text) {
+  counters.errors += 1;
+  renderCounters();
+  session.failures += 1;
+  if (text !== session.lastFailure) {
+    session.lastFailure = text;
+    log("error", `${text}. Retrying in ${RETRY_DELAY_MS / 1000} s.`);
+  }
+}
+
+function reportRecovery(session) {
+  if (session.failures > 0) {
+    const attempts = session.failures === 1 ? "1 failed attempt" : `${session.failures} failed attempts`;
+    log("system", `recovered after ${attempts}`);
+  }
+  session.failures = 0;
+  session.lastFailure = null;
+}
+
+// WebSocket: echo and push
+
+/**
+ * Returns a WebSocket session. With `follows`, the session subscribes to the
+ * event stream after each open and reconnects after RETRY_DELAY_MS when an
+ * opened connection is lost. Without it, the session is the echo page.
+ */
+function newWebSocketSession(url, follows) {
+  return {
+    kind: "websocket",
+    url,
+    follows,
+    transport: null,
+    attempt: null,
+    opened: false,
+    everOpened: false,
+    closeRequested: false,
+    closedSocket: false,
+    retryTimer: null,
+    failures: 0,
+    lastFailure: null,
+    start() {
+      connectSocket(this);
+    },
+    stop(reason) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+      this.closeRequested = true;
+      if (this.transport !== null) {
+        this.transport.close(1000, reason);
+        this.closedSocket = true;
+      }
+    },
+  };
+}
+
+function connectSocket(session) {
+  setStatus("connecting");
+  // While the server is down, each retry fails the same way, and the first
+  // failure is already in the log.
+  if (session.failures === 0) {
+    log("system", `connecting to ${session.url}`);
+  }
+  // Events of an earlier socket of this session, or of a session that was
+  // switched away from, must not change the page.
+  const attempt = {};
+  const isCurrent = () => session.attempt === attempt && !session.closedSocket;
+  session.attempt = attempt;
+  session.opened = false;
+  try {
+    session.transport = openWebSocket(session.url, {
+      onOpen: () => isCurrent() && handleOpen(session),
+      onMessage: (data) => isCurrent() && handleMessage(session, data),
+      onClose: (code, reason, wasClean) =>
+        isCurrent() && handleClose(session, code, reason, wasClean),
+      onError: () => isCurrent() && handleError(session),
+    });
+  } catch (error) {
+    // The WebSocket constructor throws a SyntaxError for URLs it cannot use,
+    // such as an ftp: URL or one with a fragment.
+    session.transport = null;
+    endSession(session);
+    log("error", `cannot connect to ${session.url}: ${error.message}`);
+  }
+}
+
+/** Sends `text` on the open connection and logs it. Returns whether it was sent. */
+function send(text) {
+  const session = state.session;
+  if (session === null || session.kind !== "websocket" || state.status !== "open") {
+    log("error", "not sent: the connection is not open");
+    return false;
+  }
+  if (!session.transport.send(text)) {
+    log("error", "not sent: the connection is closing");
+    return false;
+  }
+  if (session.follows) {
+    counters.sent.payload += utf8Length(text);
+    counters.sent.overhead += frameHeaderLength(utf8Length(text), true);
+    renderCounters();
+  }
+  log("sent", text);
+  return true;
+}
+
+function handleOpen(session) {
+  if (session.closeRequested) {
+    return;
+  }
+  session.opened = true;
+  session.everOpened = true;
+  setStatus("open");
+  log("system", `open: connected to ${session.url}`);
+  reportRecovery(session);
+  if (!session.follows) {
+    send(GREETING);
+    ui.message.focus();
+    return;
+  }
+  counters.requests += 1;
+  renderCounters();
+  renderBytesNote();
+  const subscription = { type: "subscribe", since: position.seq };
+  if (position.epoch !== null) {
+    subscription.epoch = position.epoch;
+  }
+  send(JSON.stringify(subscription));
+}
+
+/**
+ * Logs a received message.
+ *
+ * Text that parses as a JSON object with a string "type" goes to the handler
+ * for that type. Other text, such as the echo replies, is shown as is.
+ */
+function handleMessage(session, data) {
+  if (session.follows) {
+    const length = typeof data === "string" ? utf8Length(data) : data.byteLength;
+    counters.received.payload += length;
+    counters.received.overhead += frameHeaderLength(length, false);
+    renderCounters();
+  }
+  if (typeof data !== "string") {
+    log("received", `binary message, ${data.byteLength} bytes`);
+    return;
+  }
+  const message = parseTypedMessage(data);
+  if (message === null) {
+    log("received", data);
+    return;
+  }
+  const handler = Object.hasOwn(messageHandlers, message.type)
+    ? messageHandlers[message.type]
+    : null;
+  if (handler === null) {
+    log("error", `unknown message type ${JSON.stringify(message.type)}: ${data}`);
+    return;
+  }
+  handler(message, data);
+}
+
+// Returns the parsed object, or null when `text` is not a JSON object with a
+// string "type".
+function parseTypedMessage(text) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  return isObject(value) && typeof value.type === "string" ? value : null;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function handleError(session) {
+  // Browsers give error events no details on purpose. A close event always
+  // follows, and handleClose explains a connection that failed before opening.
+  if (session.opened) {
+    log("error", "connection error");
+  }
+}
+
+function handleClose(session, code, reason, wasClean) {
+  const opened = session.opened;
+  session.opened = false;
+  session.transport = null;
+  if (session.closeRequested) {
+    endSession(session);
+    if (!opened) {
+      log("system", "closed: the connection attempt was cancelled");
+      return;
+    }
+    log(wasClean ? "system" : "error", `closed: ${describeClose(code, reason)}`);
+    return;
+  }
+  if (session.follows && session.everOpened) {
+    if (opened) {
+      const kind = wasClean ? "system" : "error";
+      log(kind, `closed: ${describeClose(code, reason)}. Reconnecting in ${RETRY_DELAY_MS / 1000} s.`);
+      counters.errors += 1;
+      renderCounters();
+    } else {
+      reportFailure(session, `reconnecting to ${session.url} failed: ${describeClose(code, reason)}`);
+    }
+    setStatus("retrying");
+    session.retryTimer = setTimeout(() => {
+      session.retryTimer = null;
+      connectSocket(session);
+    }, RETRY_DELAY_MS);
+    return;
+  }
+  endSession(session);
+  if (!opened) {
+    for (const line of explainFailedOpen(session.url, window.location, code, reason)) {
+      log("error", line);
+    }
+    return;
+  }
+  log(wasClean ? "system" : "error", `closed: ${describeClose(code, reason)}`);
+}
+
+function openWebSocket(url, events) {
+  const socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  socket.addEventListener("open", () => events.onOpen());
+  socket.addEventListener("message", (event) => events.onMessage(event.data));
+  socket.addEventListener("error", () => events.onError());
+  socket.addEventListener("close", (event) =>
+    events.onClose(event.code, event.reason, event.wasClean),
+  );
+  return {
+    // The socket is already closing once the server's close frame arrived,
+    // although the close event that updates the status comes later.
+    send(text) {
+      if (socket.readyState !== WebSocket.OPEN) {
+        return false;
+      }
+      socket.send(text);
+      return true;
+    },
+    close: (code, reason) => socket.close(code, reason),
+    /** The extensions the server accepted, such as permessage-deflate. */
+    extensions: () => socket.extensions,
+  };
+}
+
+// Polling
+
+/**
+ * Returns a poll session for `url`. With `waitSeconds`, each request is a long
+ * poll and the next one goes out as soon as a response arrives. Otherwise the
+ * requests are short polls that start every `intervalSeconds`, one at a time.
+ */
+function newPollSession(url, waitSeconds, intervalSeconds) {
+  return {
+    kind: "poll",
+    url,
+    endpoint: stripQuery(url),
+    waitSeconds,
+    intervalMs: intervalSeconds === null ? null : intervalSeconds * 1000,
+    nextAt: performance.now(),
+    request: null,
+    timer: null,
+    stopped: false,
+    failures: 0,
+    lastFailure: null,
+    start() {
+      counters.pollEndpoint = this.endpoint;
+      // A long poll on a quiet server gets no response for its whole wait, so
+      // the status shows that the page polls, not that the server responded.
+      setStatus("open");
+      renderBytesNote();
+      if (waitSeconds === null) {
+        log("system", `short polling ${url} every ${intervalSeconds} s`);
+      } else {
+        log("system", `long polling ${url}, each request waiting up to ${waitSeconds} s`);
+      }
+      pollOnce(this);
+    },
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.request?.abort();
+    },
+  };
+}
+
+function stripQuery(url) {
+  const parsed = new URL(url);
+  return parsed.origin + parsed.pathname;
+}
+
+/** Raised for a poll response that arrived but cannot be used. */
+class PollError extends Error {
+  name = "PollError";
+}
+
+async function pollOnce(session) {
+  const target = pollTarget(session);
+  const startedAt = performance.now();
+  counters.requests += 1;
+  counters.sent.overhead += requestHeadLength(target);
+  renderCounters();
+  let body;
+  try {
+    body = await fetchPoll(session, target);
+  } catch (error) {
+    if (!session.stopped) {
+      handlePollFailure(session, target, error);
+    }
+    return;
+  }
+  if (session.stopped) {
+    return;
+  }
+  if (state.status !== "open") {
+    setStatus("open");
+  }
+  reportRecovery(session);
+  acceptPoll(body, wallClockMs());
+  schedulePoll(session, nextPollDelay(session, body.events.length === 0, startedAt));
+}
+
+// Returns the poll URL with the stream position and, for a long poll, the wait.
+function pollTarget(session) {
+  const target = new URL(session.url);
+  target.searchParams.set("since", String(position.seq));
+  if (position.epoch !== null) {
+    target.searchParams.set("epoch", position.epoch);
+  }
+  if (session.waitSeconds !== null) {
+    target.searchParams.set("wait", String(session.waitSeconds));
+  }
+  return target.href;
+}
+
+/**
+ * Fetches one poll response and returns its parsed body.
+ *
+ * Raises PollError for an HTTP error status, a malformed body or no response
+ * within the wait plus POLL_TIMEOUT_MARGIN_MS, a TypeError for a network error
+ * or a blocked cross-origin response, and an AbortError when stopped.
+ */
+async function fetchPoll(session, target) {
+  const controller = new AbortController();
+  session.request = controller;
+  const timeoutMs = (session.waitSeconds ?? 0) * 1000 + POLL_TIMEOUT_MARGIN_MS;
+  const timer = setTimeout(() => {
+    controller.abort(new PollError(`timed out after ${timeoutMs / 1000} s without a response`));
+  }, timeoutMs);
+  try {
+    const response = await fetch(target, {
+      cache: "no-store",
+      headers: { Accept: "application/json" },
+      signal: controller.signal,
+    });
+    counters.received.overhead += responseHeadLength(response);
+    const text = await response.text();
+    if (!RESOURCE_TIMING) {
+      counters.received.payload += utf8Length(text);
+    }
+    renderCounters();
+    if (!response.ok) {
+      throw new PollError(describeHttpError(response, text));
+    }
+    return parsePollBody(text);
+  } finally {
+    clearTimeout(timer);
+    session.request = null;
+  }
+}
+
+// Returns "HTTP <status> <reason>" with the server's message: the "message" of
+// rtkit's JSON errors, or the start of any other body.
+function describeHttpError(response, text) {
+  let detail = text.trim().slice(0, 300);
+  try {
+    const body = JSON.parse(text);
+    if (isObject(body) && typeof body.message === "string") {
+      detail = body.message;
+    }
+  } catch {
+    // Not JSON, so the text itself is the detail.
+  }
+  const status = `HTTP ${response.status} ${response.statusText}`.trim();
+  return detail ? `${status}: ${detail}` : status;
+}
+
+function parsePollBody(text) {
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new PollError(`invalid poll response, not JSON: ${text.slice(0, 200)}`);
+  }
+  const valid =
+    isObject(body) &&
+    typeof body.epoch === "string" &&
+    Number.isInteger(body.missed) &&
+    Array.isArray(body.events);
+  if (!valid) {
+    throw new PollError(`invalid poll response: ${text.slice(0, 200)}`);
+  }
+  return body;
+}
+
+function handlePollFailure(session, target, error) {
+  // fetch() rejects with a TypeError both for network errors and for
+  // responses that CORS blocks. Only a cross-origin request can be blocked,
+  // and retrying one cannot succeed, because rtkit never sends CORS headers.
+  if (error instanceof TypeError && new URL(target).origin !== window.location.origin) {
+    counters.errors += 1;
+    renderCounters();
+    session.stop();
+    endSession(session);
+    log("error", `poll request to ${target} failed: ${error.message}`);
+    log("error", explainCrossOriginPoll(window.location, target));
+    return;
+  }
+  let text;
+  if (error instanceof PollError) {
+    text = `poll failed: ${error.message}`;
+  } else if (error instanceof TypeError) {
+    text = `poll request to ${session.url} failed: ${error.message} (a network error: is the server running?)`;
+  } else {
+    text = `poll failed: ${error.name}: ${error.message}`;
+  }
+  setStatus("retrying");
+  reportFailure(session, text);
+  session.nextAt = performance.now() + RETRY_DELAY_MS;
+  schedulePoll(session, RETRY_DELAY_MS);
+}
+
+/**
+ * Returns the milliseconds until the next poll.
+ *
+ * Short polls start every interval, measured from the start of the previous
+ * one, but never overlap. A long poll follows at once, unless it returned no
+ * events long before its wait was over: rtkit does that while it shuts down,
+ * and polling again at once would spin.
+ */
+function nextPollDelay(session, empty, startedAt) {
+  const now = performance.now();
+  if (session.waitSeconds !== null) {
+    const returnedEarly = now - startedAt < (session.waitSeconds * 1000) / 2;
+    return empty && returnedEarly ? RETRY_DELAY_MS : 0;
+  }
+  session.nextAt = Math.max(session.nextAt + session.intervalMs, now);
+  return session.nextAt - now;
+}
+
+function schedulePoll(session, delayMs) {
+  session.timer = setTimeout(() => {
+    session.timer = null;
+    pollOnce(session);
+  }, delayMs);
+}
+
+// Event stream
+
+/** Records a WebSocket "subscribed" message: the epoch and any missed events. */
+function acceptSubscribed(message) {
+  if (typeof message.epoch !== "string" || !Number.isInteger(message.missed)) {
+    log("error", `invalid subscribed message: ${JSON.stringify(message)}`);
+    return;
+  }
+  acceptEpoch(message.epoch);
+  acceptMissed(message.missed);
+  if (Number.isInteger(message.seq) && message.seq > position.seq) {
+    log(
+      "system",
+      `subscribed: the server replays seq ${position.seq + 1} to ${message.seq} ` +
+        "from its history, then pushes new events",
+    );
+  } else {
+    log("system", `subscribed after seq ${position.seq}: the server pushes new events`);
+  }
+  renderCounters();
+}
+
+/** Records one /poll response body received at `receivedAt` (ms since the Unix epoch). */
+function acceptPoll(body, receivedAt) {
+  acceptEpoch(body.epoch);
+  acceptMissed(body.missed);
+  if (body.events.length === 0) {
+    counters.empty += 1;
+  }
+  acceptEvents(body.events, receivedAt);
+}
+
+/** Starts over from seq 0 when the server's epoch changed, which means it restarted. */
+function acceptEpoch(epoch) {
+  if (epoch === position.epoch) {
+    return;
+  }
+  if (position.epoch === null) {
+    log("system", `following epoch ${epoch} from seq ${position.seq}`);
+  } else {
+    log("system", `server restarted: new epoch ${epoch} (was ${position.epoch}), continuing from seq 0`);
+    position.seq = 0;
+  }
+  position.epoch = epoch;
+  renderPosition();
+}
+
+// Events that fell out of the server's history are counted once, here, and
+// the position jumps over them, so acceptEvents does not count the gap again.
+function acceptMissed(missed) {
+  if (missed > 0) {
+    counters.missed += missed;
+    log("error", `missed ${missed} events after seq ${position.seq}: they fell out of the server's history`);
+    position.seq += missed;
+  }
+}
+
+/**
+ * Records events received at `receivedAt`, skipping duplicates and counting
+ * gaps in seq as missed events.
+ */
+function acceptEvents(events, receivedAt) {
+  for (const event of events) {
+    if (!isValidEvent(event)) {
+      log("error", `invalid event: ${JSON.stringify(event)}`);
+      continue;
+    }
+    acceptEpoch(event.epoch);
+    if (event.seq <= position.seq) {
+      counters.duplicates += 1;
+      continue;
+    }
+    const gap = event.seq - position.seq - 1;
+    if (gap > 0) {
+      counters.missed += gap;
+      log("error", `missed ${gap} events: seq jumped from ${position.seq} to ${event.seq}`);
+    }
+    position.seq = event.seq;
+    counters.events += 1;
+    const latencyMs = receivedAt - event.ts * 1000;
+    // An event published before this run started waited in the server's
+    // history, so its latency is its age, not the transport's delay.
+    const replayed = event.ts * 1000 < counters.startWallClockMs;
+    if (!replayed) {
+      counters.latencies.push(latencyMs);
+      if (counters.latencies.length > MAX_EVENT_ROWS) {
+        counters.latencies.shift();
+      }
+    }
+    appendEventRow(event, receivedAt, latencyMs, replayed);
+  }
+  renderPosition();
+  renderCounters();
+}
+
+function isValidEvent(event) {
+  return (
+    isObject(event) &&
+    Number.isInteger(event.seq) &&
+    event.seq > 0 &&
+    Number.isFinite(event.ts) &&
+    typeof event.epoch === "string"
+  );
+}
+
+/**
+ * Returns the wall-clock time in milliseconds since the Unix epoch, with the
+ * sub-millisecond resolution of performance.now().
+ *
+ * NOTE: timeOrigin is fixed when the page loads, so after the system clock is
+ * adjusted this drifts from Date.now() and from the server's time.time().
+ */
+function wallClockMs() {
+  return performance.timeOrigin + performance.now();
+}
+
+// Bytes
+
+const utf8 = new TextEncoder();
+
+function utf8Length(text) {
+  return utf8.encode(text).length;
+}
+
+/**
+ * Returns the length of a WebSocket frame header for a payload of `length`
+ * bytes (RFC 6455 section 5.2): 2 bytes, plus 2 or 8 for the extended length,
+ * plus the 4-byte masking key that every client-to-server frame carries.
+ */
+function frameHeaderLength(length, masked) {
+  let header = 2;
+  if (length > 65535) {
+    header += 8;
+  } else if (length > 125) {
+    header += 2;
+  }
+  return masked ? header + 4 : header;
+}
+
+// Returns the bytes of the request line and Host header of a GET of `url`.
+// The browser adds more headers (User-Agent, Accept and others) that the page
+// cannot see, so this is a lower bound of what it sends.
+function requestHeadLength(url) {
+  const target = new URL(url);
+  return utf8Length(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+}
+
+// Estimates the bytes of a response's status line and headers from what
+// fetch() exposes. For same-origin responses that is every header except
+// Set-Cookie, but with lower-case names and without the original order or
+// repeated headers, which fetch() joins.
+function responseHeadLength(response) {
+  let length = utf8Length(`HTTP/1.1 ${response.status} ${response.statusText}\r\n\r\n`);
+  for (const [name, value] of response.headers) {
+    length += utf8Length(`${name}: ${value}\r\n`);
+  }
+  return length;
+}
+
+/**
+ * Whether the browser reports Resource Timing entries. The page reads their
+ * encodedBodySize, the body as received. It does not use transferSize, because
+ * the Resource Timing standard counts the headers in it as a fixed 300 bytes
+ * to hide their real size (Chromium 156 reports encodedBodySize + 300).
+ */
+const RESOURCE_TIMING =
+  typeof PerformanceObserver !== "undefined" &&
+  (PerformanceObserver.supportedEntryTypes ?? []).includes("resource");
+
+/** Counts the body bytes of the current run's poll responses as the browser measured them. */
+function observePollBodies() {
+  if (!RESOURCE_TIMING) {
+    return;
+  }
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      countPollBody(entry);
+    }
+    // The observer has seen every entry. The buffer has room for 250 entries
+    // by default and stops recording when full, so it is cleared each time.
+    performance.clearResourceTimings();
+  });
+  observer.observe({ type: "resource" });
+}
+
+function countPollBody(entry) {
+  // Entries of an earlier run started before this one. An entry can arrive
+  // after its session stopped, so the run's counters, not the session, decide.
+  const thisRun = entry.startTime >= counters.startPerformanceMs;
+  if (!thisRun || entry.initiatorType !== "fetch" || stripQuery(entry.name) !== counters.pollEndpoint) {
+    return;
+  }
+  counters.received.payload += entry.encodedBodySize;
+  renderCounters();
+}
+
+// Counters and the events table
+
+function newCounters() {
+  return {
+    requests: 0,
+    empty: 0,
+    events: 0,
+    missed: 0,
+    duplicates: 0,
+    errors: 0,
+    /**
+     * Bytes of poll bodies or WebSocket payloads, and of the HTTP heads or
+     * frame headers around them.
+     */
+    received: { payload: 0, overhead: 0 },
+    sent: { payload: 0, overhead: 0 },
+    /** The poll URL without its query, once this run polls. */
+    pollEndpoint: null,
+    /** Latencies of the last MAX_EVENT_ROWS events not replayed from history, in milliseconds. */
+    latencies: [],
+    /** When this run started, in milliseconds since the Unix epoch. */
+    startWallClockMs: wallClockMs(),
+    /** The same moment on the performance.now() clock, which Resource Timing uses. */
+    startPerformanceMs: performance.now(),
+  };
+}
+
+function resetCounters() {
+  counters = newCounters();
+  ui.events.replaceChildren();
+  renderCounters();
+  renderBytesNote();
+}
+
+const numberFormat = new Intl.NumberFormat("en-US");
+
+function setCounter(element, value, text = numberFormat.format(value)) {
+  element.textContent = text;
+  element.dataset.value = String(value);
+}
+
+/** Shows the counters of the current run. */
+function renderCounters() {
+  const poll = MODES[state.mode].endpoint === "poll";
+  ui.requestsLabel.textContent = poll ? "HTTP requests" : "WebSocket connections";
+  setCounter(ui.countRequests, counters.requests);
+  if (poll) {
+    setCounter(ui.countEmpty, counters.empty);
+    ui.countEmpty.title = "";
+  } else {
+    setCounter(ui.countEmpty, "", "n/a");
+    ui.countEmpty.title = "A pushed message always carries an event.";
+  }
+  setCounter(ui.countEvents, counters.events);
+  setCounter(ui.countMissed, counters.missed);
+  setCounter(ui.countDuplicates, counters.duplicates);
+  setCounter(ui.countErrors, counters.errors);
+  ui.latencySummary.textContent = describeLatencies(counters.latencies);
+
+  const { received, sent } = counters;
+  const format = (value) => numberFormat.format(value);
+  setCounter(ui.bytesReceived, received.payload + received.overhead);
+  setCounter(ui.bytesSent, sent.payload + sent.overhead);
+  if (poll) {
+    const measured = RESOURCE_TIMING ? "measured" : "counted from the text";
+    ui.bytesReceivedDetail.textContent =
+      `${format(received.payload)} body, ${measured} + ${format(received.overhead)} headers, estimated`;
+    ui.bytesSent.textContent = `≥ ${format(sent.payload + sent.overhead)}`;
+    ui.bytesSentDetail.textContent = "request lines and Host headers only";
+  } else {
+    ui.bytesReceivedDetail.textContent =
+      `${format(received.payload)} payload + ${format(received.overhead)} frame headers, computed`;
+    ui.bytesSentDetail.textContent =
+      `${format(sent.payload)} payload + ${format(sent.overhead)} frame headers and masks`;
+  }
+}
+
+function describeLatencies(latencies) {
+  if (latencies.length === 0) {
+    return "none yet";
+  }
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  const max = sorted[sorted.length - 1];
+  return `${median.toFixed(1)} / ${max.toFixed(1)} ms`;
+}
+
+/** Explains, for the current mode, which byte counts the page measures and which it estimates. */
+function renderBytesNote() {
+  const mode = MODES[state.mode];
+  if (!mode.follows) {
+    ui.bytesNote.textContent = "";
+    return;
+  }
+  if (mode.endpoint === "poll") {
+    ui.bytesNote.textContent =
+      "Bytes received: response bodies as the browser measured them (Resource Timing " +
+      "encodedBodySize), plus status lines and headers estimated from the headers " +
+      "fetch() exposes. Bytes sent: request lines and Host headers only, a lower " +
+      "bound, because the page cannot see the other headers the browser adds. rtkit " +
+      "closes the connection after each response, so every poll also opens a new TCP " +
+      "connection, which no counter shows.";
+    return;
+  }
+  let text =
+    "Bytes: message payloads plus frame headers computed from each payload's length " +
+    "(2, 4 or 10 bytes, and a 4-byte mask on frames the page sends). The page cannot " +
+    "see the opening handshake or the ping, pong and close frames.";
+  const extensions = state.session?.transport?.extensions() ?? "";
+  if (extensions.includes("permessage-deflate")) {
+    text +=
+      " This connection uses permessage-deflate, so the payloads on the wire are " +
+      "compressed and usually smaller than counted here.";
+  }
+  ui.bytesNote.textContent = text;
+}
+
+function renderPosition() {
+  ui.epoch.textContent = position.epoch ?? "none yet";
+  ui.lastSeq.textContent = String(position.seq);
+}
+
+/** Appends a row for an event. The table keeps the last MAX_EVENT_ROWS rows. */
+function appendEventRow(event, receivedAt, latencyMs, replayed) {
+  const row = document.createElement("tr");
+  row.dataset.seq = String(event.seq);
+  if (replayed) {
+    row.className = "replayed";
+    row.title = "Published before this connection or poll loop started, then replayed from the server's history";
+  }
+  const cells = [
+    [String(event.seq), "numeric"],
+    [formatTime(new Date(receivedAt)), "time"],
+    [latencyMs.toFixed(1), "numeric latency"],
+    [JSON.stringify(event.data) ?? "undefined", "data"],
+  ];
+  for (const [text, className] of cells) {
+    const cell = document.createElement("td");
+    cell.className = className;
+    cell.textContent = text;
+    row.append(cell);
+  }
+  appendBounded(ui.events, row, MAX_EVENT_ROWS);
+}
+
+// Interval
+
+/**
+ * Returns the short-poll interval in seconds, or null after showing an error
+ * naming the invalid value.
+ */
+function readInterval() {
+  const raw = ui.interval.value;
+  const text = raw.trim();
+  const seconds = Number(text);
+  const valid =
+    /^(\d+(\.\d*)?|\.\d+)$/.test(text) && seconds >= MIN_INTERVAL_S && seconds <= MAX_INTERVAL_S;
+  if (!valid) {
+    ui.intervalError.textContent =
+      `Invalid interval ${JSON.stringify(raw)}: enter seconds from ` +
+      `${MIN_INTERVAL_S} to ${MAX_INTERVAL_S}, such as 1 or 0.5.`;
+    // The error takes the place of the hint, so the controls below do not move
+    // while the user clicks one of them.
+    ui.intervalError.hidden = false;
+    ui.intervalHint.hidden = true;
+    ui.interval.setAttribute("aria-invalid", "true");
+    return null;
+  }
+  ui.intervalError.hidden = true;
+  ui.intervalHint.hidden = false;
+  ui.intervalError.textContent = "";
+  ui.interval.removeAttribute("aria-invalid");
+  return seconds;
+}
+
+/** Restarts short polling with the interval in the field when it is valid and new. */
+function applyInterval() {
+  const seconds = readInterval();
+  const session = state.session;
+  if (seconds === null) {
+    if (session !== null && session.intervalMs !== null) {
+      ui.intervalError.textContent +=
+        ` Polling continues every ${session.intervalMs / 1000} s.`;
+    }
+    return;
+  }
+  if (state.mode !== "short-poll") {
+    return;
+  }
+  if (session === null) {
+    // Start the polling that the invalid interval prevented.
+    if (state.intervalRejected) {
+      connect(ui.url.value.trim());
+    }
+    return;
+  }
+  if (session.intervalMs === seconds * 1000) {
+    return;
+  }
+  session.stop();
+  endSession(session);
+  log("system", `interval changed to ${seconds} s: ${describeStop(session)}`);
+  resetCounters();
+  connect(ui.url.value.trim());
+}
+
+// Start
+
+function init() {
+  const ids = [
+    "status", "url", "connect", "disconnect", "log", "message", "send", "interval",
+    "events", "epoch",
+  ];
+  for (const id of ids) {
+    ui[id] = document.getElementById(id);
+  }
+  const byId = (id) => document.getElementById(id);
+  Object.assign(ui, {
+    urlLabel: byId("url-label"),
+    intervalField: byId("interval-field"),
+    intervalError: byId("interval-error"),
+    intervalHint: byId("interval-hint"),
+    eventsPanel: byId("events-panel"),
+    sendForm: byId("send-form"),
+    lastSeq: byId("last-seq"),
+    requestsLabel: byId("requests-label"),
+    countRequests: byId("count-requests"),
+    countEmpty: byId("count-empty"),
+    countEvents: byId("count-events"),
+    countMissed: byId("count-missed"),
+    countDuplicates: byId("count-duplicates"),
+    countErrors: byId("count-errors"),
+    latencySummary: byId("latency-summary"),
+    bytesReceived: byId("bytes-received"),
+    bytesReceivedDetail: byId("bytes-received-detail"),
+    bytesSent: byId("bytes-sent"),
+    bytesSentDetail: byId("bytes-sent-detail"),
+    bytesNote: byId("bytes-note"),
+    modeInputs: [...document.querySelectorAll('input[name="mode"]')],
+  });
+  state.urls.websocket = deriveUrl(window.location);
+  state.urls.poll = derivePollUrl(window.location);
+  if (window.location.protocol === "file:") {
+    byId("file-note").hidden = false;
+  }
+
+  for (const input of ui.modeInputs) {
+    input.addEventListener("change", () => switchMode(input.value));
+  }
+  byId("mode-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    applyInterval();
+  });
+  ui.interval.addEventListener("change", applyInterval);
+  byId("connection-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    connect(ui.url.value.trim());
+  });
+  ui.disconnect.addEventListener("click", disconnect);
+  ui.sendForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (ui.message.value !== "" && send(ui.message.value)) {
+      ui.message.value = "";
+    }
+  });
+  byId("clear-log").addEventListener("click", () => {
+    ui.log.replaceChildren();
+  });
+
+  observePollBodies();
+  renderMode();
+  renderCounters();
+  renderPosition();
+  connect(ui.url.value);
+}
+
+// client.html inserts this script from the head, where it may run before the
+// body is parsed.
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", init, { once: true });
+} else {
+  init();
+}

@@ -1,0 +1,1152 @@
+"""static/client.html in headless Chromium against real rtkit servers on loopback.
+
+Chromium is Debian's /usr/bin/chromium, driven by Playwright's sync API. The
+module skips when that binary is missing. Every server listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Route,
+    WebSocketRoute,
+    expect,
+    sync_playwright,
+)
+from websockets.asyncio.server import ServerConnection
+
+import rtkit
+from rtkit.hub import DEFAULT_CHANNEL
+from rtkit.routes import STATIC_DIR
+
+from .conftest import ThreadedServer, timeout
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+WAIT_MS = timeout(5) * 1000
+"""Playwright's bound on each wait, in milliseconds."""
+
+ECHO_OF_GREETING = rtkit.echo_reply("Hello Server!")
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, started once per module.
+
+    Playwright's launch() (checked with 1.65) gives Chromium a fresh temporary
+    --user-data-dir and deletes it on close.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM}. Install Debian's chromium package "
+            "to run the browser tests."
+        )
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            timeout=timeout(30) * 1000,
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context, closed after the test."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions of ``page``, in order."""
+    errors: list[str] = []
+
+    def record_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", record_console)
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return errors
+
+
+@pytest.fixture
+def rtkit_warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """A function returning the WARNING lines that rtkit.server logged so far."""
+    caplog.set_level(logging.INFO, logger="rtkit")
+
+    def warnings() -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "rtkit.server" and record.levelno == logging.WARNING
+        ]
+
+    return warnings
+
+
+class QuietStaticHandler(SimpleHTTPRequestHandler):
+    """Serves files without writing a line per request to stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_origin() -> Iterator[str]:
+    """Origin of a second local HTTP server that serves static/ at its root."""
+    handler = functools.partial(QuietStaticHandler, directory=str(STATIC_DIR))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout(5))
+
+
+def log_texts(page: Page, kind: str) -> Locator:
+    """Locate the text of each log line of ``kind``: sent, received, system or error."""
+    return page.get_by_test_id("log").locator(f'li[data-kind="{kind}"] .line-text')
+
+
+def expect_open_with_greeting(page: Page) -> None:
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    expect(log_texts(page, "received")).to_have_text([rtkit.WELCOME, ECHO_OF_GREETING])
+
+
+def rejected_handshake_error(ws_url: str) -> Callable[[str], bool]:
+    """Return a matcher for Chromium's console error on a 403 upgrade to ``ws_url``."""
+    prefix = f"WebSocket connection to '{ws_url}' failed"
+    return lambda text: text.startswith(prefix) and "403" in text
+
+
+def unexpected(errors: list[str], *expected: Callable[[str], bool]) -> list[str]:
+    return [text for text in errors if not any(match(text) for match in expected)]
+
+
+def with_url_parameter(page_url: str, ws_url: str) -> str:
+    return f"{page_url}?url={quote(ws_url, safe=':/')}"
+
+
+# Connecting and echo
+
+
+def test_client_connects_and_greets(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    page.goto(live_server.url)
+
+    expect_open_with_greeting(page)
+    expect(log_texts(page, "sent")).to_have_text(["Hello Server!"])
+    expect(log_texts(page, "system").first).to_have_text(
+        f"connecting to {live_server.ws_url}"
+    )
+    first_time = page.get_by_test_id("log").locator("li time").first
+    expect(first_time).to_have_text(re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$"))
+    expect(page.get_by_test_id("message")).to_be_enabled()
+    expect(page.get_by_test_id("connect")).to_be_disabled()
+    assert console_errors == []
+
+
+@pytest.mark.parametrize("submit", ["button", "enter"])
+def test_send_echoes_message(
+    live_server: rtkit.Server, page: Page, console_errors: list[str], submit: str
+) -> None:
+    page.goto(live_server.url)
+    expect_open_with_greeting(page)
+    message_box = page.get_by_test_id("message")
+
+    message_box.fill(f"sent with {submit}")
+    if submit == "button":
+        page.get_by_test_id("send").click()
+    else:
+        message_box.press("Enter")
+
+    expect(log_texts(page, "sent")).to_have_text(
+        ["Hello Server!", f"sent with {submit}"]
+    )
+    expect(log_texts(page, "received").last).to_have_text(
+        rtkit.echo_reply(f"sent with {submit}")
+    )
+    expect(message_box).to_have_value("")
+    assert console_errors == []
+
+
+def test_log_shows_markup_as_text(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    page.goto(live_server.url)
+    expect_open_with_greeting(page)
+    markup = '<img src=x onerror="window.injected = true"><b>bold</b>'
+
+    page.get_by_test_id("message").fill(markup)
+    page.get_by_test_id("send").click()
+
+    expect(log_texts(page, "received").last).to_have_text(rtkit.echo_reply(markup))
+    assert page.get_by_test_id("log").locator("img, b").count() == 0
+    assert page.evaluate("window.injected") is None
+    assert console_errors == []
+
+
+def test_disconnect_closes_normally(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    page.goto(live_server.url)
+    expect_open_with_greeting(page)
+
+    page.get_by_test_id("disconnect").click()
+
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    expect(log_texts(page, "system").last).to_have_text(
+        "closed: 1000 (normal closure): client disconnected"
+    )
+    expect(page.get_by_test_id("message")).to_be_disabled()
+    expect(page.get_by_test_id("send")).to_be_disabled()
+    expect(page.get_by_test_id("disconnect")).to_be_disabled()
+
+    page.get_by_test_id("connect").click()
+
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    expect(log_texts(page, "received")).to_have_count(4)
+    assert console_errors == []
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("not a url", 'invalid URL "not a url". Enter a URL such as ws://'),
+        ("ftp://127.0.0.1/ws", "cannot connect to ftp://127.0.0.1/ws: "),
+    ],
+)
+def test_connect_rejects_invalid_url(
+    live_server: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    url: str,
+    error: str,
+) -> None:
+    page.goto(live_server.url)
+    expect_open_with_greeting(page)
+    page.get_by_test_id("disconnect").click()
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+
+    page.get_by_test_id("url").fill(url)
+    page.get_by_test_id("connect").click()
+
+    expect(log_texts(page, "error").last).to_contain_text(error)
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    expect(page.get_by_test_id("connect")).to_be_enabled()
+    assert console_errors == []
+
+
+# WebSocket URL
+
+
+@pytest.mark.parametrize("path", ["/", "/static/client.html"])
+def test_url_derived_from_page(
+    live_server: rtkit.Server, page: Page, console_errors: list[str], path: str
+) -> None:
+    page.goto(f"http://127.0.0.1:{live_server.port}{path}")
+
+    expect(page.get_by_test_id("url")).to_have_value(
+        f"ws://127.0.0.1:{live_server.port}/ws"
+    )
+    expect_open_with_greeting(page)
+    assert console_errors == []
+
+
+@pytest.mark.parametrize("path", ["/proxy/8765/", "/proxy/8765/static/client.html"])
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_url_derived_behind_proxy(
+    live_server: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    scheme: str,
+    path: str,
+) -> None:
+    # Playwright serves the page, its assets and the WebSocket at the proxy's
+    # paths, in place of a path-prefixing proxy such as jupyter-server-proxy.
+    origin = f"{scheme}://localhost:{live_server.port}"
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    ws_url = f"{ws_scheme}://localhost:{live_server.port}/proxy/8765/ws"
+
+    def serve_static(route: Route) -> None:
+        relative = urlsplit(route.request.url).path.removeprefix("/proxy/8765/")
+        name = relative.removeprefix("static/") or "client.html"
+        route.fulfill(path=STATIC_DIR / name)
+
+    def accept(websocket: WebSocketRoute) -> None:
+        websocket.on_message(lambda message: websocket.send(f"proxied: {message}"))
+
+    page.route(f"{origin}/proxy/8765/**", serve_static)
+    page.route_web_socket(ws_url, accept)
+    page.goto(origin + path)
+
+    expect(page.get_by_test_id("url")).to_have_value(ws_url)
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    expect(log_texts(page, "received")).to_have_text(["proxied: Hello Server!"])
+    assert console_errors == []
+
+
+def test_url_parameter_overrides(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    ws_url = f"ws://localhost:{live_server.port}/"
+
+    page.goto(with_url_parameter(live_server.url, ws_url))
+
+    expect(page.get_by_test_id("url")).to_have_value(ws_url)
+    expect(log_texts(page, "system").first).to_have_text(f"connecting to {ws_url}")
+    expect_open_with_greeting(page)
+    assert console_errors == []
+
+
+# Rejected origins
+
+
+def test_foreign_origin_rejected(
+    live_server: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    other_origin: str,
+    rtkit_warnings: Callable[[], list[str]],
+) -> None:
+    page.goto(with_url_parameter(f"{other_origin}/client.html", live_server.ws_url))
+
+    errors = log_texts(page, "error")
+    expect(errors).to_have_count(2)
+    expect(errors.first).to_contain_text(
+        "closed before it opened: 1006 (abnormal closure, no close frame)"
+    )
+    expect(errors.first).to_contain_text("rejected this page's Origin with HTTP 403")
+    expect(errors.last).to_contain_text(
+        f"This page's origin {other_origin} is not the server's origin"
+    )
+    expect(errors.last).to_contain_text(f"--allow-origin {other_origin}")
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    expect(page.get_by_test_id("file-note")).to_be_hidden()
+    rejections = [
+        line
+        for line in rtkit_warnings()
+        if line.startswith("rejected WebSocket upgrade") and repr(other_origin) in line
+    ]
+    assert len(rejections) == 1, rtkit_warnings()
+    handshake_error = rejected_handshake_error(live_server.ws_url)
+    assert unexpected(console_errors, handshake_error) == []
+
+
+def test_dns_name_page_rejected(
+    live_server: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    rtkit_warnings: Callable[[], list[str]],
+) -> None:
+    # Chromium (156) resolves every *.localhost name to loopback without DNS, so
+    # this page and its WebSocket reach live_server under a DNS name.
+    origin = f"http://rtkit.localhost:{live_server.port}"
+    ws_url = f"ws://rtkit.localhost:{live_server.port}/ws"
+
+    page.goto(f"{origin}/")
+
+    expect(page.get_by_test_id("url")).to_have_value(ws_url)
+    errors = log_texts(page, "error")
+    expect(errors).to_have_count(2)
+    expect(errors.last).to_contain_text(
+        "This page's host rtkit.localhost is a DNS name"
+    )
+    expect(errors.last).to_contain_text(f'allowed_origins=["{origin}"]')
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    rejections = [
+        line
+        for line in rtkit_warnings()
+        if line.startswith("rejected WebSocket upgrade") and "is a DNS name" in line
+    ]
+    assert len(rejections) == 1, rtkit_warnings()
+    handshake_error = rejected_handshake_error(ws_url)
+    assert unexpected(console_errors, handshake_error) == []
+
+
+def test_file_page_explains_null_origin(
+    live_server: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    rtkit_warnings: Callable[[], list[str]],
+) -> None:
+    file_url = (STATIC_DIR / "client.html").as_uri()
+
+    page.goto(with_url_parameter(file_url, live_server.ws_url))
+
+    note = page.get_by_test_id("file-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("Origin: null")
+    expect(note).to_contain_text("--allow-origin null")
+    errors = log_texts(page, "error")
+    expect(errors).to_have_count(2)
+    expect(errors.first).to_contain_text(
+        "closed before it opened: 1006 (abnormal closure, no close frame)"
+    )
+    expect(errors.last).to_contain_text("opened from a file, so it sent Origin: null")
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    rejections = [
+        line
+        for line in rtkit_warnings()
+        if line.startswith("rejected WebSocket upgrade") and "Origin 'null'" in line
+    ]
+    assert len(rejections) == 1, rtkit_warnings()
+    handshake_error = rejected_handshake_error(live_server.ws_url)
+    assert unexpected(console_errors, handshake_error) == []
+
+
+def test_file_page_falls_back_to_default_url(
+    page: Page, console_errors: list[str]
+) -> None:
+    # Playwright mocks the WebSocket, so the test does not depend on whatever
+    # listens on port 8765.
+    page.route_web_socket("ws://localhost:8765/ws", lambda websocket: None)
+
+    page.goto((STATIC_DIR / "client.html").as_uri())
+
+    expect(page.get_by_test_id("url")).to_have_value("ws://localhost:8765/ws")
+    expect(page.get_by_test_id("file-note")).to_be_visible()
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    assert console_errors == []
+
+
+# Closing
+
+
+def test_server_stop_shows_going_away(page: Page, console_errors: list[str]) -> None:
+    threaded = ThreadedServer()
+    with threaded as server:
+        page.goto(server.url)
+        expect_open_with_greeting(page)
+
+        threaded.call(server.stop())
+
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        expect(log_texts(page, "system").last).to_have_text(
+            "closed: 1001 (going away), no reason given"
+        )
+    assert console_errors == []
+
+
+async def send_then_close(connection: ServerConnection) -> None:
+    await connection.send('{"type": "error", "code": "demo", "message": "it broke"}')
+    await connection.send('{"type": "mystery", "value": 1}')
+    await connection.send('["not", "typed"]')
+    await connection.close(4001, "demo finished")
+
+
+def test_messages_dispatched_by_type(page: Page, console_errors: list[str]) -> None:
+    with ThreadedServer(handler=send_then_close) as server:
+        page.goto(server.url)
+
+        expect(log_texts(page, "error")).to_have_text(
+            [
+                "server error (demo): it broke",
+                'unknown message type "mystery": {"type": "mystery", "value": 1}',
+            ]
+        )
+        expect(log_texts(page, "received")).to_have_text(['["not", "typed"]'])
+        expect(log_texts(page, "system").last).to_have_text(
+            "closed: 4001 (application-defined): demo finished"
+        )
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+async def send_many(connection: ServerConnection) -> None:
+    for number in range(600):
+        await connection.send(f"line {number}")
+    await connection.wait_closed()
+
+
+def test_log_keeps_last_lines(page: Page, console_errors: list[str]) -> None:
+    with ThreadedServer(handler=send_many) as server:
+        page.goto(server.url)
+
+        lines = page.get_by_test_id("log").locator("li")
+        expect(log_texts(page, "received").last).to_have_text("line 599")
+        expect(lines).to_have_count(500)
+        expect(lines.first.locator(".line-text")).to_have_text("line 100")
+    assert console_errors == []
+
+
+# Event modes
+#
+# The page follows the server's event stream over WebSocket push, long polling
+# or short polling. The server publishes with its built-in source, or the test
+# publishes on the server's event loop.
+
+EVENT_MODES = ["push", "long-poll", "short-poll"]
+
+RUNNING_STATUS = {"push": "open", "long-poll": "polling", "short-poll": "polling"}
+"""The status text of each event mode once it receives events."""
+
+
+@pytest.fixture
+def threaded() -> Iterator[ThreadedServer]:
+    """An rtkit server on a free port, with its event loop for publishing."""
+    threaded = ThreadedServer()
+    with threaded:
+        yield threaded
+
+
+def on_loop(threaded: ThreadedServer, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function(*args)`` on the server's event loop and return its result."""
+
+    async def call() -> T:
+        return function(*args)
+
+    return threaded.call(call())
+
+
+def poll_requests(threaded: ThreadedServer) -> int:
+    assert threaded.server is not None
+    return on_loop(threaded, lambda: threaded.server.request_counts["poll"])
+
+
+def push_subscribers(threaded: ThreadedServer) -> int:
+    """Return the number of subscribers of the channel that the page follows."""
+    assert threaded.server is not None
+    subscribers = threaded.server.push.subscribers
+    return on_loop(threaded, lambda: len(subscribers.get(DEFAULT_CHANNEL, ())))
+
+
+def wait_until(
+    condition: Callable[[], bool], description: str, units: float = 5
+) -> None:
+    """Poll ``condition`` until it is true, and fail after ``units`` time units."""
+    deadline = time.monotonic() + timeout(units)
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout(units):g} s waiting for {description}"
+            )
+        time.sleep(0.02)
+
+
+def choose_mode(page: Page, mode: str) -> None:
+    page.get_by_test_id(f"mode-{mode}").check()
+
+
+def counter(page: Page, name: str) -> int:
+    """Return the page's counter ``name``, e.g. events, from its data-value."""
+    value = page.get_by_test_id(f"count-{name}").get_attribute("data-value")
+    assert value is not None and value.isdigit(), f"count-{name} is {value!r}"
+    return int(value)
+
+
+def byte_count(page: Page, name: str) -> int:
+    """Return the page's bytes-received or bytes-sent count."""
+    value = page.get_by_test_id(name).get_attribute("data-value")
+    assert value is not None and value.isdigit(), f"{name} is {value!r}"
+    return int(value)
+
+
+def wait_for_counter(page: Page, name: str, minimum: int, units: float = 5) -> None:
+    page.wait_for_function(
+        """([name, minimum]) => {
+            const element = document.querySelector(`[data-testid="count-${name}"]`);
+            return Number(element.dataset.value) >= minimum;
+        }""",
+        arg=[name, minimum],
+        timeout=timeout(units) * 1000,
+    )
+
+
+def event_seqs(page: Page) -> list[int]:
+    """Return the seq of each row of the events table, top to bottom."""
+    rows = page.get_by_test_id("events").locator("tr")
+    return [
+        int(seq) for seq in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")
+    ]
+
+
+def start_events_page(page: Page, server: rtkit.Server, mode: str) -> None:
+    """Open the page, then switch from echo to ``mode`` and wait until it runs."""
+    page.goto(server.url)
+    expect_open_with_greeting(page)
+    choose_mode(page, mode)
+    expect(page.get_by_test_id("events-panel")).to_be_visible()
+    expect(page.get_by_test_id("status")).to_have_text(RUNNING_STATUS[mode])
+
+
+def expect_clean_stream(page: Page) -> None:
+    assert counter(page, "missed") == 0
+    assert counter(page, "duplicates") == 0
+    assert counter(page, "errors") == 0
+
+
+def is_network_error(text: str) -> bool:
+    """Match Chromium's console error for a request that got no response."""
+    return text.startswith("Failed to load resource: net::ERR_")
+
+
+def is_http_error(status: int) -> Callable[[str], bool]:
+    """Return a matcher for Chromium's console error on an HTTP ``status`` response."""
+    return lambda text: f"the server responded with a status of {status}" in text
+
+
+@pytest.mark.parametrize("mode", EVENT_MODES)
+def test_events_arrive_in_order(
+    threaded: ThreadedServer, page: Page, console_errors: list[str], mode: str
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, mode)
+
+    on_loop(threaded, server.start_source, 20)
+    wait_for_counter(page, "events", 30)
+
+    seqs = event_seqs(page)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert counter(page, "events") >= len(seqs)
+    expect_clean_stream(page)
+    expect(page.get_by_test_id("epoch")).to_have_text(server.epoch)
+    latencies = page.get_by_test_id("events").locator("td.latency")
+    expect(latencies.first).to_have_text(re.compile(r"^-?\d+\.\d$"))
+    expect(page.get_by_test_id("latency-summary")).to_have_text(
+        re.compile(r"^-?\d+\.\d / -?\d+\.\d ms$")
+    )
+    expect(page.get_by_test_id("latency-note")).to_contain_text(
+        "assumes that the page's clock and the server's clock agree"
+    )
+    assert byte_count(page, "bytes-received") > 0
+    assert byte_count(page, "bytes-sent") > 0
+    assert console_errors == []
+
+
+def test_push_counts_one_connection(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "push")
+    wait_until(lambda: push_subscribers(threaded) == 1, "one push subscriber")
+
+    for number in range(4):
+        on_loop(threaded, server.publish, {"number": number})
+    markup = '<img src=x onerror="window.injected = true"><b>bold</b>'
+    on_loop(threaded, server.publish, {"html": markup})
+    wait_for_counter(page, "events", 5)
+
+    assert counter(page, "requests") == 1
+    expect(page.get_by_test_id("count-empty")).to_have_text("n/a")
+    # One subscribe message: its payload, a 2-byte frame header and a 4-byte mask.
+    subscription = log_texts(page, "sent").last.text_content()
+    assert subscription == '{"type":"subscribe","since":0}'
+    assert byte_count(page, "bytes-sent") == len(subscription.encode()) + 2 + 4
+    expect(page.get_by_test_id("bytes-received-detail")).to_contain_text(
+        "frame headers, computed"
+    )
+    expect(page.get_by_test_id("bytes-note")).to_contain_text(
+        "cannot see the opening handshake"
+    )
+    assert event_seqs(page) == [1, 2, 3, 4, 5]
+    data = page.get_by_test_id("events").locator("td.data")
+    expect(data.last).to_have_text(json.dumps({"html": markup}, separators=(",", ":")))
+    assert page.get_by_test_id("events").locator("img, b").count() == 0
+    assert page.evaluate("window.injected") is None
+    assert console_errors == []
+
+
+def test_long_poll_one_request_per_event(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "long-poll")
+
+    on_loop(threaded, server.start_source, 20)
+    wait_for_counter(page, "events", 20)
+
+    events = counter(page, "events")
+    requests = counter(page, "requests")
+    # Each response carries the events published while no request waited,
+    # usually one, and the next request is already waiting.
+    assert events * 0.5 <= requests <= events + 2, (events, requests)
+    assert counter(page, "empty") == 0
+    expect_clean_stream(page)
+    expect(page.get_by_test_id("bytes-received-detail")).to_contain_text(
+        re.compile(r"^[1-9][\d,]* body, measured \+ [1-9][\d,]* headers, estimated$")
+    )
+    expect(page.get_by_test_id("bytes-sent")).to_have_text(re.compile(r"^≥ [1-9]"))
+    assert poll_requests(threaded) >= requests - 1
+    assert console_errors == []
+
+
+def test_short_poll_requests_follow_interval(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "short-poll")
+    on_loop(threaded, server.start_source, 5)
+
+    interval = page.get_by_test_id("interval")
+    interval.fill("0.1")
+    interval.press("Enter")
+    expect(log_texts(page, "system").last).to_contain_text("every 0.1 s")
+    started = time.monotonic()
+    wait_for_counter(page, "requests", 20)
+    elapsed = time.monotonic() - started
+
+    requests = counter(page, "requests")
+    expected = elapsed / 0.1
+    assert expected * 0.5 <= requests <= expected * 1.2 + 2, (requests, elapsed)
+    # Events come every 0.2 s and polls every 0.1 s, so about half come back empty.
+    empty = counter(page, "empty")
+    assert 0 < empty < requests
+    assert counter(page, "events") > 0
+    expect_clean_stream(page)
+    assert console_errors == []
+
+
+def test_events_table_keeps_last_rows(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "push")
+    wait_until(lambda: push_subscribers(threaded) == 1, "one push subscriber")
+
+    def publish_many() -> None:
+        for number in range(250):
+            server.publish({"number": number})
+
+    on_loop(threaded, publish_many)
+
+    wait_for_counter(page, "events", 250)
+    assert event_seqs(page) == list(range(51, 251))
+    expect_clean_stream(page)
+    assert console_errors == []
+
+
+# Switching transports
+
+
+@pytest.mark.parametrize("mode", ["long-poll", "short-poll"])
+def test_switch_to_push_stops_polling(
+    threaded: ThreadedServer, page: Page, console_errors: list[str], mode: str
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, mode)
+    on_loop(threaded, server.start_source, 20)
+    wait_for_counter(page, "events", 5)
+
+    choose_mode(page, "push")
+
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    wait_until(lambda: push_subscribers(threaded) == 1, "one push subscriber")
+    polls_after_switch = poll_requests(threaded)
+    expect(page.get_by_test_id("requests-label")).to_have_text("WebSocket connections")
+    wait_for_counter(page, "events", 10)
+    assert poll_requests(threaded) == polls_after_switch
+    # The push subscription resumes after the last event the poll received.
+    seqs = event_seqs(page)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    expect_clean_stream(page)
+    expect(log_texts(page, "system")).to_contain_text(
+        [re.compile(r"^stopped Events: (long|short) poll: stopped polling after \d+")]
+    )
+    assert console_errors == []
+
+
+@pytest.mark.parametrize("target", ["echo", "long-poll"])
+def test_switch_from_push_unsubscribes(
+    threaded: ThreadedServer, page: Page, console_errors: list[str], target: str
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "push")
+    wait_until(lambda: push_subscribers(threaded) == 1, "one push subscriber")
+
+    choose_mode(page, target)
+
+    wait_until(lambda: push_subscribers(threaded) == 0, "no push subscribers")
+    expect(log_texts(page, "system")).to_contain_text(
+        [
+            "stopped Events: WebSocket push: closing the WebSocket with 1000 "
+            "(normal closure)"
+        ]
+    )
+    expected_connections = 1 if target == "echo" else 0
+    wait_until(
+        lambda: (
+            len(on_loop(threaded, lambda: server.connections)) == expected_connections
+        ),
+        f"{expected_connections} open WebSocket connections",
+    )
+    if target == "echo":
+        expect(page.get_by_test_id("events-panel")).to_be_hidden()
+        expect(log_texts(page, "received").last).to_have_text(ECHO_OF_GREETING)
+    assert console_errors == []
+
+
+def test_switch_resets_counters(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "long-poll")
+    on_loop(threaded, server.start_source, 20)
+    wait_for_counter(page, "events", 5)
+
+    choose_mode(page, "short-poll")
+
+    expect(page.get_by_test_id("requests-label")).to_have_text("HTTP requests")
+    expect(page.get_by_test_id("count-requests")).to_have_text("1")
+    assert counter(page, "events") <= 20
+    assert counter(page, "empty") <= 1
+    assert console_errors == []
+
+
+# Server restarts and errors
+
+
+@pytest.mark.parametrize("mode", EVENT_MODES)
+def test_epoch_change_reported(
+    threaded: ThreadedServer, page: Page, console_errors: list[str], mode: str
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, mode)
+    on_loop(threaded, server.start_source, 20)
+    wait_for_counter(page, "events", 5)
+    old_epoch = server.epoch
+
+    threaded.call(server.restart())
+    on_loop(threaded, server.start_source, 20)
+
+    expect(log_texts(page, "system")).to_contain_text(
+        [
+            f"server restarted: new epoch {server.epoch} (was {old_epoch}), "
+            "continuing from seq 0"
+        ]
+    )
+    expect(page.get_by_test_id("epoch")).to_have_text(server.epoch)
+    expect(page.get_by_test_id("status")).to_have_text(RUNNING_STATUS[mode])
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=events] tr:last-child')"
+        "?.dataset.seq >= 5"
+    )
+    seqs = event_seqs(page)
+    restart = seqs.index(1, 1)
+    assert seqs[:restart] == list(range(1, restart + 1))
+    assert seqs[restart:] == list(range(1, len(seqs) - restart + 1))
+    assert counter(page, "missed") == 0
+    assert counter(page, "duplicates") == 0
+    # The request or connection that the restart cut off may fail once.
+    assert unexpected(console_errors, is_network_error) == []
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (
+            {"status": 503, "body": "the proxy is restarting"},
+            "poll failed: HTTP 503 Service Unavailable: the proxy is restarting",
+        ),
+        (None, "(a network error: is the server running?)"),
+    ],
+)
+def test_poll_error_retried(
+    threaded: ThreadedServer,
+    page: Page,
+    console_errors: list[str],
+    response: dict[str, Any] | None,
+    message: str,
+) -> None:
+    server = threaded.server
+    assert server is not None
+    requested: list[float] = []
+
+    def fail_first(route: Route) -> None:
+        requested.append(time.monotonic())
+        if len(requested) > 1:
+            route.continue_()
+        elif response is None:
+            route.abort("connectionrefused")
+        else:
+            route.fulfill(**response)
+
+    page.goto(server.url)
+    expect_open_with_greeting(page)
+    page.route(f"{server.url}poll?**", fail_first)
+    on_loop(threaded, server.publish, {"before": "the failure"})
+
+    choose_mode(page, "long-poll")
+
+    expect(log_texts(page, "error")).to_have_count(1)
+    expect(log_texts(page, "error").first).to_contain_text(message)
+    expect(log_texts(page, "error").first).to_contain_text("Retrying in 1 s.")
+    wait_for_counter(page, "events", 1)
+    assert len(requested) >= 2
+    assert requested[1] - requested[0] >= 0.9
+    expect(log_texts(page, "system")).to_contain_text(
+        ["recovered after 1 failed attempt"]
+    )
+    expect(page.get_by_test_id("status")).to_have_text("polling")
+    assert counter(page, "errors") == 1
+    expected_error = is_network_error if response is None else is_http_error(503)
+    assert unexpected(console_errors, expected_error) == []
+
+
+def test_poll_bad_request_shows_message(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "short-poll")
+    page.get_by_test_id("disconnect").click()
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+
+    # The page sets since and epoch but keeps other parameters of the URL, so
+    # this short poll carries a wait the server rejects.
+    page.get_by_test_id("url").fill(f"{server.url}poll?wait=99")
+    page.get_by_test_id("connect").click()
+
+    errors = log_texts(page, "error")
+    expect(errors.first).to_contain_text(
+        "poll failed: HTTP 400 Bad Request: invalid wait: '99'; "
+        "pass seconds from 0 to 30"
+    )
+    expect(page.get_by_test_id("status")).to_have_text("retrying")
+    wait_for_counter(page, "errors", 2, units=5)
+    # The same error again is counted, not logged again.
+    expect(errors).to_have_count(1)
+
+    page.get_by_test_id("disconnect").click()
+
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    polls = poll_requests(threaded)
+    page.wait_for_timeout(1500)
+    assert poll_requests(threaded) == polls
+    assert unexpected(console_errors, is_http_error(400)) == []
+
+
+def test_file_page_poll_explains_cors(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    # The default poll URL of a file page is http://localhost:8765/poll.
+    # Playwright aborts those requests, so the test does not depend on
+    # whatever listens on port 8765.
+    page.route_web_socket("ws://localhost:8765/ws", lambda websocket: None)
+    page.route("http://localhost:8765/poll?**", lambda route: route.abort())
+    page.goto((STATIC_DIR / "client.html").as_uri())
+    expect(page.get_by_test_id("status")).to_have_text("open")
+
+    # A short poll, because a long poll's response, which Chromium blocks,
+    # would only come at the end of its wait.
+    choose_mode(page, "short-poll")
+
+    expect(page.get_by_test_id("url")).to_have_value("http://localhost:8765/poll")
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    expect(log_texts(page, "error").last).to_contain_text(
+        "Open the page from the server instead: http://localhost:8765/"
+    )
+
+    # A real rtkit server receives the request, but sends no CORS headers, so
+    # Chromium blocks the response.
+    poll_url = f"{live_server.url}poll"
+    page.get_by_test_id("url").fill(poll_url)
+    page.get_by_test_id("connect").click()
+
+    expect(log_texts(page, "error").last).to_contain_text(
+        f"This page's origin is null (opened from a file), but the poll URL's "
+        f"origin is {live_server.url.rstrip('/')}. rtkit sends no CORS headers"
+    )
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert live_server.request_counts["poll"] == 1
+    expect(page.get_by_test_id("file-note")).to_contain_text(
+        "rtkit sends no CORS headers"
+    )
+
+    def is_cors_error(text: str) -> bool:
+        return "has been blocked by CORS policy" in text
+
+    assert unexpected(console_errors, is_cors_error, is_network_error) == []
+
+
+# Short-poll interval
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "0.05", "20", "0x1", ""])
+def test_invalid_interval_rejected(
+    threaded: ThreadedServer, page: Page, console_errors: list[str], value: str
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "short-poll")
+    interval = page.get_by_test_id("interval")
+
+    interval.fill(value)
+    interval.press("Enter")
+
+    error = page.get_by_test_id("interval-error")
+    expect(error).to_have_text(
+        f"Invalid interval {json.dumps(value)}: enter seconds from 0.1 to 10, "
+        "such as 1 or 0.5. Polling continues every 1 s."
+    )
+    expect(interval).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("status")).to_have_text("polling")
+    starts = log_texts(page, "system").filter(has_text="short polling")
+    expect(starts).to_have_text([re.compile(r"every 1 s$")])
+    assert console_errors == []
+
+
+def test_invalid_interval_blocks_start(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    start_events_page(page, server, "short-poll")
+    page.get_by_test_id("disconnect").click()
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    interval = page.get_by_test_id("interval")
+    interval.fill("12")
+    polls = poll_requests(threaded)
+
+    page.get_by_test_id("connect").click()
+
+    expect(page.get_by_test_id("interval-error")).to_have_text(
+        'Invalid interval "12": enter seconds from 0.1 to 10, such as 1 or 0.5.'
+    )
+    expect(log_texts(page, "error").last).to_have_text(
+        "short polling not started: the interval is invalid"
+    )
+    expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert poll_requests(threaded) == polls
+
+    interval.fill("0.5")
+    interval.press("Enter")
+
+    expect(page.get_by_test_id("interval-error")).to_be_hidden()
+    expect(page.get_by_test_id("status")).to_have_text("polling")
+    expect(log_texts(page, "system")).to_contain_text([re.compile(r"every 0\.5 s$")])
+    assert console_errors == []
+
+
+# URLs, echo mode and close codes
+
+
+@pytest.mark.parametrize("path", ["/proxy/8765/", "/proxy/8765/static/client.html"])
+def test_poll_url_derived_behind_proxy(
+    live_server: rtkit.Server, page: Page, console_errors: list[str], path: str
+) -> None:
+    # Playwright replaces a path-prefixing proxy, as in
+    # test_url_derived_behind_proxy, and responds to polls with one event.
+    origin = f"http://localhost:{live_server.port}"
+    polls: list[str] = []
+
+    def serve(route: Route) -> None:
+        url = urlsplit(route.request.url)
+        relative = url.path.removeprefix("/proxy/8765/")
+        if relative == "poll":
+            polls.append(route.request.url)
+            event = {"type": "event", "seq": 1, "epoch": "e1", "channel": "events"}
+            event |= {"data": {"via": "proxy"}, "ts": time.time()}
+            since = int(parse_qs(url.query)["since"][0])
+            body = {"epoch": "e1", "seq": 1, "missed": 0}
+            body["events"] = [event] if since == 0 else []
+            route.fulfill(json=body)
+            return
+        name = relative.removeprefix("static/") or "client.html"
+        route.fulfill(path=STATIC_DIR / name)
+
+    page.route(f"{origin}/proxy/8765/**", serve)
+    page.route_web_socket(
+        f"ws://localhost:{live_server.port}/proxy/8765/ws", lambda _: None
+    )
+    page.goto(origin + path)
+    expect(page.get_by_test_id("status")).to_have_text("open")
+
+    choose_mode(page, "short-poll")
+
+    expect(page.get_by_test_id("url")).to_have_value(f"{origin}/proxy/8765/poll")
+    expect(page.get_by_test_id("events").locator("td.data")).to_have_text(
+        ['{"via":"proxy"}']
+    )
+    assert polls[0] == f"{origin}/proxy/8765/poll?since=0"
+    assert console_errors == []
+
+
+def test_echo_mode_shows_stream_messages(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    page.goto(server.url)
+    expect_open_with_greeting(page)
+    message_box = page.get_by_test_id("message")
+
+    message_box.fill('{"type": "subscribe", "since": 0}')
+    message_box.press("Enter")
+    expect(log_texts(page, "received").last).to_contain_text('{"type":"subscribed"')
+    on_loop(threaded, server.publish, {"hello": "echo page"})
+    expect(log_texts(page, "received").last).to_contain_text('{"type":"event","seq":1,')
+    message_box.fill('{"type": "unsubscribe"}')
+    message_box.press("Enter")
+
+    expect(log_texts(page, "received").last).to_have_text(
+        '{"type":"unsubscribed","channel":"events"}'
+    )
+    expect(log_texts(page, "error")).to_have_count(0)
+    expect(page.get_by_test_id("events-panel")).to_be_hidden()
+    assert console_errors == []
+
+
+CLOSE_CODES = [*range(1000, 1016), 2999, 3000, 3999, 4000, 4999, 5000]
+
+
+def test_close_codes_match_server(page: Page, console_errors: list[str]) -> None:
+    # From file:// the page loads client.js as a classic script, so its
+    # functions are globals that the test can call.
+    page.route_web_socket("ws://localhost:8765/ws", lambda websocket: None)
+    page.goto((STATIC_DIR / "client.html").as_uri())
+    expect(page.get_by_test_id("status")).to_have_text("open")
+
+    page_descriptions = page.evaluate(
+        "codes => codes.map(code => describeClose(code, 'why'))", CLOSE_CODES
+    )
+
+    server_descriptions = [rtkit.describe_close(code, "why") for code in CLOSE_CODES]
+    assert page_descriptions == server_descriptions
+    assert console_errors == []
