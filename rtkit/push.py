@@ -202,13 +202,26 @@ class PushHandler:
         """Return the clients that joined ``channel``, in order of arrival."""
         return [c for c in self.clients.values() if channel in c.channels]
 
-    def _send_presence(self, channel: str) -> None:
+    def send_presence(self, channel: str) -> None:
+        """Send the member list of ``channel`` to each of its members."""
         connections = [
             c for c, info in self.clients.items() if channel in info.channels
         ]
         listing = [{"id": c.id, "name": c.name} for c in self.members(channel)]
         message = {"type": "presence", "channel": channel, "members": listing}
         self.send(connections, message)
+
+    def rename(self, connection: ServerConnection, name: str) -> None:
+        """Change the display name of ``connection`` and tell its channels.
+
+        Raises:
+            CommandError: if ``name`` is not a valid display name.
+        """
+        client = self.clients[connection]
+        client.name = check_name(name)
+        for channel in client.channels:
+            self.send_presence(channel)
+        self._notify("change", client)
 
     def _notify(self, change: str, client: Client) -> None:
         for listener in list(self.listeners):
@@ -237,7 +250,7 @@ class PushHandler:
             for channel in client.subscriptions:
                 self.subscribers.get(channel, set()).discard(connection)
             for channel in client.channels:
-                self._send_presence(channel)
+                self.send_presence(channel)
             self._notify("disconnect", client)
 
     async def handle_message(
@@ -336,7 +349,7 @@ class PushHandler:
         client.name = name
         self._subscribe(connection, channel, since, command.get("epoch"))
         client.channels.add(channel)
-        self._send_presence(channel)
+        self.send_presence(channel)
         self._notify("change", client)
 
     async def leave(
@@ -351,7 +364,7 @@ class PushHandler:
             )
         client.channels.discard(channel)
         await self.unsubscribe(connection, command)
-        self._send_presence(channel)
+        self.send_presence(channel)
         self._notify("change", client)
 
     async def message(
