@@ -44,10 +44,19 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
 from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel
 
-__all__ = ["Client", "CommandError", "PushHandler", "check_name", "remote_address"]
+__all__ = [
+    "DEFAULT_MAX_BUFFER",
+    "Client",
+    "CommandError",
+    "PushHandler",
+    "check_name",
+    "remote_address",
+]
 
 logger = logging.getLogger("rtkit.push")
 
+DEFAULT_MAX_BUFFER = 2**20
+"""Bytes a client may have waiting in its write buffer before it is dropped."""
 MAX_NAME_LENGTH = 32
 MAX_TEXT_LENGTH = 4096
 
@@ -152,10 +161,13 @@ class PushHandler:
 
     Args:
         hub: the event streams pushed to subscribers.
+        max_buffer: bytes a client may have waiting in its write buffer; a
+            client further behind is disconnected at the next send.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self.hub = hub
+        self.max_buffer = max_buffer
         self.clients: dict[ServerConnection, Client] = {}
         """Every open connection and its state."""
         self.subscribers: dict[str, set[ServerConnection]] = {}
@@ -171,7 +183,8 @@ class PushHandler:
         self.totals: Counter[str] = Counter()
         """Messages received and sent since creation: ``in`` and ``out``."""
         self.listeners: list[Callable[[str, Client], None]] = []
-        """Called with ("connect" | "disconnect" | "change", client) on changes."""
+        """Called with (change, client) where change is "connect", "disconnect",
+        "change" (name or channels) or "message" (a message in or out)."""
         self._unsubscribe_hub = hub.subscribe(self._push)
 
     # Sending
@@ -184,6 +197,7 @@ class PushHandler:
         ``broadcast()`` skips connections that are closing and never waits on
         a slow one, so one stalled client cannot delay the others.
         """
+        connections = [c for c in connections if not self._fell_behind(c)]
         if not connections:
             return
         broadcast(connections, encode(message))
@@ -192,6 +206,29 @@ class PushHandler:
             client = self.clients.get(connection)
             if client is not None:
                 client.messages_out += 1
+                self.notify("message", client)
+
+    def _fell_behind(self, connection: ServerConnection) -> bool:
+        """Disconnect ``connection`` if its write buffer is over ``max_buffer``.
+
+        websockets' keepalive cannot catch such a client: its ping waits
+        behind the unsent data, so the connection would stay open and its
+        buffer would grow with every broadcast.
+        """
+        buffered = connection.transport.get_write_buffer_size()
+        if buffered <= self.max_buffer:
+            return False
+        if not connection.transport.is_closing():
+            client = self.clients.get(connection)
+            logger.warning(
+                "dropped client %s: %d bytes waiting to be sent, over max_buffer "
+                "%d; the client is not reading fast enough",
+                client.id if client else "?",
+                buffered,
+                self.max_buffer,
+            )
+            connection.transport.abort()
+        return True
 
     def _push(self, event: Event) -> None:
         # A copy, because a handler may change the set while this iterates.
@@ -221,9 +258,10 @@ class PushHandler:
         client.name = check_name(name)
         for channel in client.channels:
             self.send_presence(channel)
-        self._notify("change", client)
+        self.notify("change", client)
 
-    def _notify(self, change: str, client: Client) -> None:
+    def notify(self, change: str, client: Client) -> None:
+        """Call every listener with ``change`` and ``client``; log failures."""
         for listener in list(self.listeners):
             try:
                 listener(change, client)
@@ -238,12 +276,13 @@ class PushHandler:
         """Handle one connection until it closes."""
         client = Client(connection.id.hex[:8], remote_address(connection))
         self.clients[connection] = client
-        self._notify("connect", client)
+        self.notify("connect", client)
         try:
             await self._reply(connection, WELCOME)
             async for message in connection:
                 client.messages_in += 1
                 self.totals["in"] += 1
+                self.notify("message", client)
                 await self.handle_message(connection, message)
         finally:
             del self.clients[connection]
@@ -251,7 +290,7 @@ class PushHandler:
                 self.subscribers.get(channel, set()).discard(connection)
             for channel in client.channels:
                 self.send_presence(channel)
-            self._notify("disconnect", client)
+            self.notify("disconnect", client)
 
     async def handle_message(
         self, connection: ServerConnection, message: str | bytes
@@ -287,6 +326,7 @@ class PushHandler:
         client = self.clients.get(connection)
         if client is not None:
             client.messages_out += 1
+            self.notify("message", client)
 
     # Commands
 
@@ -350,7 +390,7 @@ class PushHandler:
         self._subscribe(connection, channel, since, command.get("epoch"))
         client.channels.add(channel)
         self.send_presence(channel)
-        self._notify("change", client)
+        self.notify("change", client)
 
     async def leave(
         self, connection: ServerConnection, command: dict[str, Any]
@@ -365,7 +405,7 @@ class PushHandler:
         client.channels.discard(channel)
         await self.unsubscribe(connection, command)
         self.send_presence(channel)
-        self._notify("change", client)
+        self.notify("change", client)
 
     async def message(
         self, connection: ServerConnection, command: dict[str, Any]

@@ -44,7 +44,7 @@ from . import routes
 from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, EventsAfter, Hub
 from .logs import install_log_buffer
 from .origins import check_origin, normalize_origin
-from .push import PushHandler, remote_address
+from .push import DEFAULT_MAX_BUFFER, PushHandler, remote_address
 from .source import EventSource
 
 __all__ = [
@@ -209,6 +209,9 @@ class Server:
         static_dir: the folder served under ``/static/``.
         history_size: how many recent events the hub keeps for pollers and
             resuming clients.
+        max_buffer: the most bytes waiting in one client's write buffer; a
+            client that falls further behind is disconnected, so a client that
+            stopped reading cannot grow the server's memory without bound.
     """
 
     def __init__(
@@ -224,12 +227,13 @@ class Server:
         close_timeout: float = 5,
         static_dir: Path | str = routes.STATIC_DIR,
         history_size: int = DEFAULT_HISTORY_SIZE,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self.host = host
         self.requested_port = default_port() if port is None else _check_port(port)
         self.hub = Hub(history_size)
         """The event stream that polls and WebSocket subscribers read."""
-        self.push = PushHandler(self.hub)
+        self.push = PushHandler(self.hub, max_buffer=max_buffer)
         self.handler: Handler = handler or self.push
         self.source: EventSource | None = None
         """The built-in event source, when :meth:`start_source` started one."""
@@ -327,7 +331,22 @@ class Server:
         await self.stop_source()
         self.hub.close()
         websocket_server.close()
-        await websocket_server.wait_closed()
+        try:
+            # websockets waits for each client's write buffer to drain before
+            # its close timeout starts, so a client that stopped reading
+            # would hold the shutdown forever.
+            async with asyncio.timeout(self.close_timeout + 1):
+                await websocket_server.wait_closed()
+        except TimeoutError:
+            stuck = list(websocket_server.connections)
+            logger.warning(
+                "aborting %d connections that did not close within %g s",
+                len(stuck),
+                self.close_timeout + 1,
+            )
+            for connection in stuck:
+                connection.transport.abort()
+            await websocket_server.wait_closed()
         logger.info("rtkit server on %s stopped", url)
 
     async def restart(self) -> Self:

@@ -72,6 +72,7 @@ class ControlPanel:
         self.refresh_interval = refresh_interval
         self.tasks: set[asyncio.Task[Any]] = set()
         self._closers: list[Callable[[], None]] = []
+        self._refresh_handle: asyncio.TimerHandle | None = None
 
         self.status = widgets.HTML()
         self.start_button = widgets.Button(description="Start", icon="play")
@@ -138,6 +139,8 @@ class ControlPanel:
         self._closers.clear()
         for task in list(self.tasks):
             task.cancel()
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
         for widget in self._widgets():
             widget.close()
 
@@ -238,9 +241,26 @@ class ControlPanel:
             self.channel.options = (*self.channel.options, event.channel)
 
     def _on_client_change(self, change: str, client: Client) -> None:
+        if change == "message":
+            self._refresh_soon()
+            return
         for channel in client.channels:
             if channel not in self.channel.options:
                 self.channel.options = (*self.channel.options, channel)
+        self.refresh()
+
+    def _refresh_soon(self) -> None:
+        # Messages can arrive thousands of times a second: one redraw per
+        # 200 ms keeps the counters live without flooding the front end.
+        if self._refresh_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._refresh_handle = loop.call_later(0.2, self._refresh_now)
+
+    def _refresh_now(self) -> None:
+        self._refresh_handle = None
         self.refresh()
 
     async def _refresh_periodically(self) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import random
+import socket
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,6 +25,28 @@ async def join(server: rtkit.Server, name: str) -> ClientConnection:
     client = await connect(server.ws_url, open_timeout=timeout(2), max_queue=None)
     await asyncio.wait_for(client.recv(), timeout(2))
     await client.send(json.dumps({"type": "join", "channel": "lobby", "name": name}))
+    return client
+
+
+async def join_without_reading(server: rtkit.Server, name: str) -> ClientConnection:
+    """Join ``lobby`` as a client that never reads.
+
+    Once 16 messages wait unread, websockets stops reading the socket. Small
+    socket buffers on both ends make the rest wait in the server's write
+    buffer at once, instead of in the operating system's buffers first.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    client = await connect(
+        server.ws_url, sock=sock, open_timeout=timeout(2), max_queue=16
+    )
+    await client.send(json.dumps({"type": "join", "channel": "lobby", "name": name}))
+    await until(lambda: any(c.name == name for c in server.push.clients.values()))
+    for connection, info in server.push.clients.items():
+        if info.name == name:
+            server_socket = connection.transport.get_extra_info("socket")
+            server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return client
 
 
@@ -103,3 +128,50 @@ def test_broadcast_churn_healthy_clients_get_all(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_slow_client_dropped_over_max_buffer(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_buffer=64_000) as server:
+            reader = await join(server, "reader")
+            stalled = await join_without_reading(server, "stalled")
+            # Random text, because permessage-deflate would shrink repeated
+            # characters to almost nothing.
+            big = base64.b64encode(os.urandom(30_000)).decode()
+            received = asyncio.create_task(collect_texts(reader, 200))
+            for _ in range(200):
+                server.publish(
+                    {"from": {"id": "t", "name": "test"}, "text": big}, "lobby"
+                )
+                await asyncio.sleep(0.005)
+            texts = await received
+            assert len(texts) == 200
+            await until(lambda: len(server.push.clients) == 1, units=5)
+            assert [c.name for c in server.push.clients.values()] == ["reader"]
+            await reader.close()
+            stalled.transport.abort()
+
+    run(scenario(), units=30)
+    drops = [
+        r.getMessage() for r in caplog.records if "dropped client" in r.getMessage()
+    ]
+    assert len(drops) == 1
+    assert "over max_buffer 64000" in drops[0]
+
+
+def test_stop_with_stalled_client_finishes() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0, close_timeout=0.5, max_buffer=2**30)
+        stalled = await join_without_reading(server, "stalled")
+        for _ in range(100):
+            server.publish(
+                {"from": {"id": "t", "name": "t"}, "text": "y" * 50_000}, "lobby"
+            )
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(server.stop(), timeout(5))
+        assert not server.is_serving
+        stalled.transport.abort()
+
+    run(scenario(), units=20)
