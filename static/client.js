@@ -1,7 +1,9 @@
 // The rtkit browser client. In echo mode it connects to an rtkit server over
 // WebSocket and logs every message sent and received. In the event modes it
 // follows the server's event stream over WebSocket push, long polling or short
-// polling, and counts requests, events and bytes.
+// polling, and counts requests, events and bytes. In chat mode it joins a
+// channel under a display name, shows the channel's messages and members, and
+// sends messages.
 //
 // client.html loads this file as a module, and as a classic script when the page
 // is opened from file://, so it must not use import or export.
@@ -47,14 +49,17 @@ const CLOSE_CODES = new Map([
 const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
 /**
- * The page's modes. `endpoint` is the kind of URL the mode connects to, and
- * `follows` is true for the modes that follow the event stream.
+ * The page's modes. `endpoint` is the kind of URL the mode connects to,
+ * `follows` is true for the modes that follow the event stream, and
+ * `reconnects` is true for the WebSocket modes that reconnect after
+ * RETRY_DELAY_MS when an opened connection is lost.
  */
 const MODES = {
-  echo: { label: "Echo (WebSocket)", endpoint: "websocket", follows: false },
-  push: { label: "Events: WebSocket push", endpoint: "websocket", follows: true },
-  "long-poll": { label: "Events: long poll", endpoint: "poll", follows: true },
-  "short-poll": { label: "Events: short poll", endpoint: "poll", follows: true },
+  echo: { label: "Echo (WebSocket)", endpoint: "websocket", follows: false, reconnects: false },
+  push: { label: "Events: WebSocket push", endpoint: "websocket", follows: true, reconnects: true },
+  "long-poll": { label: "Events: long poll", endpoint: "poll", follows: true, reconnects: false },
+  "short-poll": { label: "Events: short poll", endpoint: "poll", follows: true, reconnects: false },
+  chat: { label: "Chat (WebSocket)", endpoint: "websocket", follows: false, reconnects: true },
 };
 
 const state = {
@@ -81,15 +86,11 @@ let counters = newCounters();
 const ui = {};
 
 // Handlers for received JSON messages, by their "type" field. Each gets the
-// parsed message and the text it came in.
+// parsed message and the text it came in. In chat mode, chatMessageHandlers
+// handle the types they define.
 const messageHandlers = {
   error(message) {
-    let text = `server error: ${JSON.stringify(message)}`;
-    if (typeof message.message === "string") {
-      const code = typeof message.code === "string" ? ` (${message.code})` : "";
-      text = `server error${code}: ${message.message}`;
-    }
-    log("error", text);
+    log("error", describeServerError(message));
   },
   // The stream messages belong to the push mode. In echo mode they only appear
   // after the user sends a subscribe message by hand, so they are shown as text.
@@ -110,7 +111,20 @@ const messageHandlers = {
   unsubscribed(message, text) {
     log(followsEvents() ? "system" : "received", text);
   },
+  // Sent to channel members, so outside chat mode only after a join typed by hand.
+  presence(message, text) {
+    log("received", text);
+  },
 };
+
+/** Returns the text shown for a server's {"type": "error", "code", "message"}. */
+function describeServerError(message) {
+  if (typeof message.message !== "string") {
+    return `server error: ${JSON.stringify(message)}`;
+  }
+  const code = typeof message.code === "string" ? ` (${message.code})` : "";
+  return `server error${code}: ${message.message}`;
+}
 
 // URLs
 
@@ -340,6 +354,7 @@ function render() {
   ui.disconnect.disabled = idle || state.status === "closing";
   ui.message.disabled = !echoOpen;
   ui.send.disabled = !echoOpen;
+  renderChatControls();
 }
 
 function setStatus(status) {
@@ -355,6 +370,7 @@ function renderMode() {
   ui.intervalField.hidden = state.mode !== "short-poll";
   ui.eventsPanel.hidden = !mode.follows;
   ui.sendForm.hidden = state.mode !== "echo";
+  ui.chatPanel.hidden = state.mode !== "chat";
   document.body.dataset.mode = state.mode;
   for (const input of ui.modeInputs) {
     input.checked = input.value === state.mode;
@@ -399,7 +415,7 @@ function connect(url) {
     const waitSeconds = state.mode === "long-poll" ? LONG_POLL_WAIT_S : null;
     session = newPollSession(url, waitSeconds, intervalSeconds);
   } else {
-    session = newWebSocketSession(url, mode.follows);
+    session = newWebSocketSession(url, state.mode);
   }
   // The session is current before it starts, so that a failure to start ends it.
   state.session = session;
@@ -424,6 +440,7 @@ function disconnect() {
   if (session === null || state.status === "closing") {
     return;
   }
+  leaveChannelBeforeClosing();
   if (session.kind === "websocket" && session.transport !== null) {
     setStatus("closing");
     log("system", "closing the connection");
@@ -442,6 +459,7 @@ function switchMode(mode) {
     return;
   }
   const session = state.session;
+  leaveChannelBeforeClosing();
   if (session !== null) {
     session.stop("client switched transport");
     endSession(session);
@@ -494,18 +512,21 @@ function reportRecovery(session) {
   session.lastFailure = null;
 }
 
-// WebSocket: echo and push
+// WebSocket: echo, push and chat
 
 /**
- * Returns a WebSocket session. With `follows`, the session subscribes to the
- * event stream after each open and reconnects after RETRY_DELAY_MS when an
- * opened connection is lost. Without it, the session is the echo page.
+ * Returns a WebSocket session for `mode`: echo, push or chat. After each open,
+ * a push session subscribes to the event stream, a chat session rejoins its
+ * channel and an echo session sends GREETING. Push and chat sessions reconnect
+ * after RETRY_DELAY_MS when an opened connection is lost.
  */
-function newWebSocketSession(url, follows) {
+function newWebSocketSession(url, mode) {
   return {
     kind: "websocket",
+    mode,
     url,
-    follows,
+    follows: MODES[mode].follows,
+    reconnects: MODES[mode].reconnects,
     transport: null,
     attempt: null,
     opened: false,
@@ -589,6 +610,10 @@ function handleOpen(session) {
   setStatus("open");
   log("system", `open: connected to ${session.url}`);
   reportRecovery(session);
+  if (session.mode === "chat") {
+    rejoinAfterOpen();
+    return;
+  }
   if (!session.follows) {
     send(GREETING);
     ui.message.focus();
@@ -626,9 +651,12 @@ function handleMessage(session, data) {
     log("received", data);
     return;
   }
-  const handler = Object.hasOwn(messageHandlers, message.type)
-    ? messageHandlers[message.type]
-    : null;
+  let handler = null;
+  if (session.mode === "chat" && Object.hasOwn(chatMessageHandlers, message.type)) {
+    handler = chatMessageHandlers[message.type];
+  } else if (Object.hasOwn(messageHandlers, message.type)) {
+    handler = messageHandlers[message.type];
+  }
   if (handler === null) {
     log("error", `unknown message type ${JSON.stringify(message.type)}: ${data}`);
     return;
@@ -664,6 +692,9 @@ function handleClose(session, code, reason, wasClean) {
   const opened = session.opened;
   session.opened = false;
   session.transport = null;
+  if (session.mode === "chat") {
+    handleChatConnectionLost();
+  }
   if (session.closeRequested) {
     endSession(session);
     if (!opened) {
@@ -673,7 +704,7 @@ function handleClose(session, code, reason, wasClean) {
     log(wasClean ? "system" : "error", `closed: ${describeClose(code, reason)}`);
     return;
   }
-  if (session.follows && session.everOpened) {
+  if (session.reconnects && session.everOpened) {
     if (opened) {
       const kind = wasClean ? "system" : "error";
       log(kind, `closed: ${describeClose(code, reason)}. Reconnecting in ${RETRY_DELAY_MS / 1000} s.`);
@@ -722,6 +753,518 @@ function openWebSocket(url, events) {
     /** The extensions the server accepted, such as permessage-deflate. */
     extensions: () => socket.extensions,
   };
+}
+
+// Chat
+
+/** The maximum display name length in code points, MAX_NAME_LENGTH in rtkit/push.py. */
+const MAX_NAME_LENGTH = 32;
+/** Valid channel names, as CHANNEL_PATTERN in rtkit/hub.py accepts them. */
+const CHANNEL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+/**
+ * Printable text as Python's str.isprintable() defines it, which the server
+ * checks names with: no character of the Unicode categories Other (C) or
+ * Separator (Z), except the ASCII space.
+ */
+const PRINTABLE = /^(?:[^\p{C}\p{Z}]| )*$/u;
+const MAX_CHAT_MESSAGES = 500;
+/** The sender id of messages from the notebook, SERVER_SENDER in rtkit/widgets.py. */
+const NOTEBOOK_SENDER_ID = "server";
+
+/**
+ * The chat's membership and its position in the channel's event stream.
+ *
+ * `phase` is "out", "joining" (join sent), "joined", "leaving" (leave sent) or
+ * "away" (joined, but the connection was lost, so the page rejoins once it
+ * reconnects). The position (`channel`, `epoch`, `seq`) outlives leaving and
+ * mode switches, so joining the same channel again resumes after the last
+ * message shown.
+ */
+const chat = {
+  phase: "out",
+  /** The name and channel of the current join, or null when out. */
+  membership: null,
+  /** The channel whose messages the list shows, or null before the first join. */
+  channel: null,
+  epoch: null,
+  seq: 0,
+  /** When the page first joined `channel`, in ms since the Unix epoch. */
+  firstJoinMs: 0,
+  /** The server's id of the current connection, once the page identified itself among the members. */
+  selfId: null,
+  /** The ids of every connection the page chatted on, to mark its own messages replayed after a reconnect. */
+  ownIds: new Set(),
+  /** Texts sent on the current connection that the server has neither published nor rejected yet, oldest first. */
+  pendingTexts: [],
+  /** The channel's members, as the last "presence" message listed them. */
+  members: [],
+};
+
+// Handlers for the messages a chat session receives, by type. A message of
+// another channel, or one that the chat's phase does not expect, goes into the
+// log as received text. Other types go to messageHandlers.
+const chatMessageHandlers = {
+  error(message) {
+    const text = describeServerError(message);
+    log("error", text);
+    showChatError(text);
+    // The server replies to commands in the order sent, and the page sends
+    // nothing else while a join or leave is pending, so the error is its reply.
+    if (chat.phase === "joining" || chat.phase === "leaving") {
+      endMembership();
+    } else if (chat.phase === "joined") {
+      // Only messages are sent while joined, so the oldest one was rejected.
+      chat.pendingTexts.shift();
+    }
+  },
+  subscribed(message, text) {
+    if (chat.phase !== "joining" || message.channel !== chat.membership.channel) {
+      log("received", text);
+      return;
+    }
+    acceptJoin(message);
+  },
+  event(message, text) {
+    const member = chat.phase === "joined" || chat.phase === "leaving";
+    if (!member || message.channel !== chat.channel) {
+      log("received", text);
+      return;
+    }
+    acceptChatEvent(message);
+  },
+  presence(message, text) {
+    if (
+      chat.membership === null ||
+      message.channel !== chat.membership.channel ||
+      !Array.isArray(message.members)
+    ) {
+      log("received", text);
+      return;
+    }
+    chat.members = message.members.filter(
+      (member) => isObject(member) && typeof member.id === "string" && typeof member.name === "string",
+    );
+    identifySelf();
+    renderPresence();
+    const names = chat.members.map((member) => member.name).join(", ");
+    log("system", `members of ${message.channel}: ${names || "none"}`);
+  },
+  unsubscribed(message, text) {
+    if (chat.phase !== "leaving" || message.channel !== chat.membership.channel) {
+      log("received", text);
+      return;
+    }
+    log("system", `left ${message.channel}`);
+    endMembership();
+  },
+};
+
+/**
+ * Returns the display name and channel from the join form, trimmed, or null
+ * after showing an inline error for each invalid one. The rules are the
+ * server's, so a join the page sends is not rejected for its fields.
+ */
+function readJoinFields() {
+  const name = ui.chatName.value.trim();
+  const channel = ui.chatChannel.value.trim();
+  const length = [...name].length;
+  const validName = length >= 1 && length <= MAX_NAME_LENGTH && PRINTABLE.test(name);
+  const validChannel = CHANNEL_PATTERN.test(channel);
+  setFieldError(
+    ui.chatName,
+    ui.chatNameError,
+    validName
+      ? null
+      : `Invalid name ${quoteValue(ui.chatName.value)}: enter 1 to ` +
+          `${MAX_NAME_LENGTH} printable characters, such as ada.`,
+  );
+  setFieldError(
+    ui.chatChannel,
+    ui.chatChannelError,
+    validChannel
+      ? null
+      : `Invalid channel ${quoteValue(ui.chatChannel.value)}: use 1 to 64 letters, ` +
+          "digits and _ . : -, starting with a letter or digit, such as lobby.",
+  );
+  if (!validName) {
+    ui.chatName.focus();
+  } else if (!validChannel) {
+    ui.chatChannel.focus();
+  }
+  return validName && validChannel ? { name, channel } : null;
+}
+
+/**
+ * Returns `text` as a JSON string in which every character that is not
+ * printable is escaped, so an error message shows what a field contains.
+ * JSON.stringify alone leaves characters such as U+2028 unescaped.
+ */
+function quoteValue(text) {
+  // One escape per UTF-16 code unit, as JSON writes characters beyond U+FFFF.
+  const escape = (character) =>
+    Array.from({ length: character.length }, (_, index) => {
+      const unit = character.charCodeAt(index);
+      return `\\u${unit.toString(16).padStart(4, "0")}`;
+    }).join("");
+  return JSON.stringify(text).replace(/[\p{C}\p{Z}]/gu, (character) =>
+    character === " " ? character : escape(character),
+  );
+}
+
+/** Shows `text` as the error of `input`, or clears its error when `text` is null. */
+function setFieldError(input, element, text) {
+  element.textContent = text ?? "";
+  element.hidden = text === null;
+  if (text === null) {
+    input.removeAttribute("aria-invalid");
+  } else {
+    input.setAttribute("aria-invalid", "true");
+  }
+}
+
+function showChatError(text) {
+  ui.chatError.textContent = text;
+  ui.chatError.hidden = false;
+}
+
+function hideChatError() {
+  ui.chatError.hidden = true;
+  ui.chatError.textContent = "";
+}
+
+/** Joins the channel in the join form, when both fields are valid. */
+function joinChannel() {
+  const fields = readJoinFields();
+  if (fields === null || chat.phase !== "out") {
+    return;
+  }
+  if (state.status !== "open") {
+    showChatError("Not joined: the connection is not open. Press Connect, then Join.");
+    return;
+  }
+  hideChatError();
+  if (fields.channel !== chat.channel) {
+    chat.channel = fields.channel;
+    chat.seq = 0;
+    chat.firstJoinMs = wallClockMs();
+    ui.chatMessages.replaceChildren();
+  }
+  chat.membership = fields;
+  sendJoin();
+}
+
+// Sends a join that resumes after the last message shown. With since 0, on the
+// first join of a channel, the server replays every message still in the
+// channel's history.
+function sendJoin() {
+  const join = {
+    type: "join",
+    channel: chat.membership.channel,
+    name: chat.membership.name,
+    since: chat.seq,
+  };
+  // When the epoch is not the server's current one, since belongs to an
+  // earlier run, so the server replays from the start of the current one.
+  if (chat.epoch !== null) {
+    join.epoch = chat.epoch;
+  }
+  setChatPhase("joining");
+  send(JSON.stringify(join));
+}
+
+/** Rejoins the channel after a reconnect, resuming after the last message shown. */
+function rejoinAfterOpen() {
+  if (chat.phase !== "away") {
+    return;
+  }
+  log("system", `rejoining ${chat.membership.channel} after seq ${chat.seq}`);
+  sendJoin();
+}
+
+function leaveChannel() {
+  const pending = chat.phase === "joined" || chat.phase === "joining";
+  if (pending && send(JSON.stringify({ type: "leave", channel: chat.membership.channel }))) {
+    setChatPhase("leaving");
+    return;
+  }
+  // Away, or the connection is closing: the server drops the membership with it.
+  endMembership();
+}
+
+/** Leaves the channel before the page closes the chat's connection on purpose. */
+function leaveChannelBeforeClosing() {
+  if (chat.phase === "out") {
+    return;
+  }
+  const member = chat.phase === "joined" || chat.phase === "joining";
+  if (member && state.status === "open") {
+    send(JSON.stringify({ type: "leave", channel: chat.membership.channel }));
+  }
+  endMembership();
+}
+
+function endMembership() {
+  chat.membership = null;
+  chat.members = [];
+  setChatPhase("out");
+}
+
+/** Updates the chat after its connection closed, on purpose or not. */
+function handleChatConnectionLost() {
+  chat.selfId = null;
+  // Texts still pending were lost with the connection, or their events come
+  // back in the replay, where ownIds marks them once selfId was known.
+  chat.pendingTexts = [];
+  chat.members = [];
+  if (chat.phase === "joined" || chat.phase === "joining") {
+    setChatPhase("away");
+  } else if (chat.phase === "leaving") {
+    endMembership();
+  } else {
+    renderPresence();
+  }
+}
+
+function setChatPhase(phase) {
+  chat.phase = phase;
+  render();
+  renderPresence();
+}
+
+/** Records the server's confirmation of a join: its epoch and any missed messages. */
+function acceptJoin(message) {
+  const valid =
+    typeof message.epoch === "string" &&
+    Number.isInteger(message.seq) &&
+    Number.isInteger(message.missed);
+  if (!valid) {
+    // The server did subscribe the page, so it is a member, but the position
+    // stays as it was.
+    log("error", `invalid subscribed message: ${JSON.stringify(message)}`);
+    setChatPhase("joined");
+    return;
+  }
+  if (chat.epoch !== null && message.epoch !== chat.epoch && chat.seq > 0) {
+    log("system", `server restarted: new epoch ${message.epoch} (was ${chat.epoch}), continuing from seq 0`);
+    appendChatNotice("The server restarted. The messages below are from its new run.");
+    chat.seq = 0;
+  }
+  chat.epoch = message.epoch;
+  if (message.missed > 0) {
+    const text = `missed ${message.missed} messages after seq ${chat.seq}: they fell out of the server's history`;
+    log("error", text);
+    appendChatNotice(`${message.missed} messages missed: they fell out of the server's history.`);
+    chat.seq += message.missed;
+  }
+  const { channel, name } = chat.membership;
+  if (message.seq > chat.seq) {
+    log("system", `joined ${channel} as ${name}: the server replays seq ${chat.seq + 1} to ${message.seq} from its history`);
+  } else {
+    log("system", `joined ${channel} as ${name} after seq ${chat.seq}`);
+  }
+  setChatPhase("joined");
+}
+
+/** Shows one event of the channel, unless the list already has its seq. */
+function acceptChatEvent(event) {
+  if (!isValidEvent(event)) {
+    log("error", `invalid event: ${JSON.stringify(event)}`);
+    return;
+  }
+  if (event.seq <= chat.seq) {
+    log("error", `duplicate message skipped: seq ${event.seq} of ${event.channel}, already shown`);
+    return;
+  }
+  chat.seq = event.seq;
+  appendChatMessage(event);
+}
+
+/**
+ * Appends a message to the list. The list keeps the last MAX_CHAT_MESSAGES,
+ * and every text goes in through textContent.
+ */
+function appendChatMessage(event) {
+  const data = event.data;
+  const isChat = isObject(data) && isObject(data.from) && typeof data.text === "string";
+  let origin = "other";
+  if (isChat && data.from.id === NOTEBOOK_SENDER_ID) {
+    origin = "notebook";
+  } else if (isChat) {
+    origin = isOwnMessage(data) ? "own" : "member";
+  }
+
+  const item = document.createElement("li");
+  item.className = `chat-message chat-${origin}`;
+  item.dataset.seq = String(event.seq);
+  item.dataset.origin = origin;
+  if (event.ts * 1000 < chat.firstJoinMs) {
+    item.classList.add("chat-earlier");
+    item.title = "Sent before this page joined, then replayed from the server's history";
+  }
+
+  const meta = document.createElement("div");
+  meta.className = "chat-meta";
+  const sender = document.createElement("span");
+  sender.className = "chat-sender";
+  sender.textContent = isChat ? String(data.from.name ?? data.from.id) : "event without a sender";
+  meta.append(sender);
+  const tags = { own: "you", notebook: "from the notebook" };
+  if (Object.hasOwn(tags, origin)) {
+    const tag = document.createElement("span");
+    tag.className = "chat-tag";
+    tag.textContent = tags[origin];
+    meta.append(tag);
+  }
+  const sentAt = new Date(event.ts * 1000);
+  const time = document.createElement("time");
+  time.className = "chat-time";
+  time.dateTime = sentAt.toISOString();
+  time.textContent = formatTime(sentAt).slice(0, "hh:mm:ss".length);
+  meta.append(time);
+
+  const text = document.createElement("p");
+  text.className = "chat-text";
+  text.textContent = isChat ? data.text : JSON.stringify(data);
+
+  item.append(meta, text);
+  appendBounded(ui.chatMessages, item, MAX_CHAT_MESSAGES);
+}
+
+function appendChatNotice(text) {
+  const item = document.createElement("li");
+  item.className = "chat-notice";
+  item.textContent = text;
+  appendBounded(ui.chatMessages, item, MAX_CHAT_MESSAGES);
+}
+
+/**
+ * Returns whether this page sent the chat message `data`.
+ *
+ * The server sends a client neither its id nor which message was its own, so
+ * the page matches its oldest pending text by name and text, because the
+ * server publishes a client's messages in the order sent. The sender id of the
+ * match is kept as the page's own.
+ * NOTE: another member with the same name who sends the same text at the same
+ * time can be taken for this page.
+ */
+function isOwnMessage(data) {
+  const from = data.from;
+  if (
+    chat.pendingTexts.length > 0 &&
+    from.name === chat.membership?.name &&
+    data.text === chat.pendingTexts[0]
+  ) {
+    chat.pendingTexts.shift();
+    learnSelfId(from.id);
+    return true;
+  }
+  return typeof from.id === "string" && chat.ownIds.has(from.id);
+}
+
+// Takes the only member with this page's name that is not an earlier
+// connection of the page as the page itself. With several, the first own
+// message identifies it.
+function identifySelf() {
+  if (chat.selfId !== null || chat.phase !== "joined") {
+    return;
+  }
+  const candidates = chat.members.filter(
+    (member) => member.name === chat.membership.name && !chat.ownIds.has(member.id),
+  );
+  if (candidates.length === 1) {
+    learnSelfId(candidates[0].id);
+  }
+}
+
+function learnSelfId(id) {
+  if (typeof id !== "string" || chat.selfId !== null) {
+    return;
+  }
+  chat.selfId = id;
+  chat.ownIds.add(id);
+  renderPresence();
+}
+
+/** Sends the text in the chat's send box to the joined channel. */
+function sendChatMessage() {
+  const text = ui.chatText.value;
+  if (text.trim() === "" || chat.phase !== "joined") {
+    return;
+  }
+  hideChatError();
+  // The page leaves the length check to the server, which rejects texts over
+  // 4096 characters with an "invalid_text" error.
+  const message = { type: "message", channel: chat.membership.channel, text };
+  if (send(JSON.stringify(message))) {
+    chat.pendingTexts.push(text);
+    ui.chatText.value = "";
+  }
+}
+
+function renderPresence() {
+  const items = chat.members.map((member) => {
+    const item = document.createElement("li");
+    item.className = "member";
+    item.dataset.id = member.id;
+    const name = document.createElement("span");
+    name.className = "member-name";
+    name.textContent = member.name;
+    item.append(name);
+    if (member.id === chat.selfId) {
+      item.classList.add("member-self");
+      const tag = document.createElement("span");
+      tag.className = "chat-tag";
+      tag.textContent = "you";
+      item.append(tag);
+    }
+    return item;
+  });
+  if (items.length === 0) {
+    const empty = document.createElement("li");
+    empty.className = "presence-empty";
+    empty.textContent = chat.phase === "away" ? "unknown while disconnected" : "join a channel to see who is in it";
+    items.push(empty);
+  }
+  ui.presence.replaceChildren(...items);
+  ui.presenceCount.textContent = chat.members.length > 0 ? `(${chat.members.length})` : "";
+}
+
+/** Updates the chat's controls and state line from `chat` and the connection status. */
+function renderChatControls() {
+  const open = state.mode === "chat" && state.status === "open";
+  const phase = chat.phase;
+  ui.join.disabled = !(open && phase === "out");
+  ui.leave.disabled = phase === "out" || phase === "leaving";
+  ui.chatName.readOnly = phase !== "out";
+  ui.chatChannel.readOnly = phase !== "out";
+  const canSend = open && phase === "joined";
+  ui.chatText.disabled = !canSend;
+  ui.chatSend.disabled = !canSend;
+  ui.chatText.placeholder = canSend ? "Type a message and press Enter" : "Join a channel, then type a message";
+  ui.chatState.dataset.phase = phase;
+  ui.chatState.textContent = describeChatState();
+}
+
+function describeChatState() {
+  const membership = chat.membership;
+  switch (chat.phase) {
+    case "joining":
+      return `Joining ${membership.channel} as ${membership.name}…`;
+    case "joined":
+      return `In ${membership.channel} as ${membership.name}`;
+    case "leaving":
+      return `Leaving ${membership.channel}…`;
+    case "away":
+      return `Connection lost. Reconnecting, then rejoining ${membership.channel} after seq ${chat.seq}.`;
+  }
+  const outside = {
+    open: "Not in a channel. Enter a display name and press Join.",
+    closed: "Not connected. Press Connect, then Join.",
+    connecting: "Connecting…",
+    closing: "Closing the connection…",
+    retrying: "Connection lost. Reconnecting…",
+  };
+  return outside[state.status];
 }
 
 // Polling
@@ -1372,6 +1915,20 @@ function init() {
     bytesSentDetail: byId("bytes-sent-detail"),
     bytesNote: byId("bytes-note"),
     modeInputs: [...document.querySelectorAll('input[name="mode"]')],
+    chatPanel: byId("chat-panel"),
+    chatName: byId("chat-name"),
+    chatNameError: byId("chat-name-error"),
+    chatChannel: byId("chat-channel"),
+    chatChannelError: byId("chat-channel-error"),
+    join: byId("join"),
+    leave: byId("leave"),
+    chatState: byId("chat-state"),
+    chatMessages: byId("chat-messages"),
+    presence: byId("presence"),
+    presenceCount: byId("presence-count"),
+    chatText: byId("chat-text"),
+    chatSend: byId("chat-send"),
+    chatError: byId("chat-error"),
   });
   state.urls.websocket = deriveUrl(window.location);
   state.urls.poll = derivePollUrl(window.location);
@@ -1401,8 +1958,22 @@ function init() {
   byId("clear-log").addEventListener("click", () => {
     ui.log.replaceChildren();
   });
+  byId("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    joinChannel();
+  });
+  ui.leave.addEventListener("click", leaveChannel);
+  ui.chatName.addEventListener("input", () => setFieldError(ui.chatName, ui.chatNameError, null));
+  ui.chatChannel.addEventListener("input", () =>
+    setFieldError(ui.chatChannel, ui.chatChannelError, null),
+  );
+  byId("chat-send-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendChatMessage();
+  });
 
   observePollBodies();
+  renderPresence();
   renderMode();
   renderCounters();
   renderPosition();

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
 from playwright.sync_api import (
     Browser,
+    BrowserContext,
     ConsoleMessage,
     Locator,
     Page,
@@ -34,8 +36,10 @@ from websockets.asyncio.server import ServerConnection
 import rtkit
 from rtkit.hub import DEFAULT_CHANNEL
 from rtkit.routes import STATIC_DIR
+from rtkit.widgets import ControlPanel
 
-from .conftest import ThreadedServer, timeout
+from .conftest import ThreadedServer, free_port, timeout
+from .kernels import drain_iopub, execute, running_kernel
 
 pytestmark = pytest.mark.browser
 
@@ -90,17 +94,26 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
+def record_console_errors(page: Page, errors: list[str], label: str = "") -> None:
+    """Append the console errors and uncaught exceptions of ``page`` to ``errors``.
+
+    Each entry starts with ``label``, which identifies the page in a test with
+    several pages.
+    """
+
+    def record_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(label + message.text)
+
+    page.on("console", record_console)
+    page.on("pageerror", lambda error: errors.append(f"{label}uncaught: {error}"))
+
+
 @pytest.fixture
 def console_errors(page: Page) -> list[str]:
     """Console errors and uncaught exceptions of ``page``, in order."""
     errors: list[str] = []
-
-    def record_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", record_console)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    record_console_errors(page, errors)
     return errors
 
 
@@ -1150,3 +1163,493 @@ def test_close_codes_match_server(page: Page, console_errors: list[str]) -> None
     server_descriptions = [rtkit.describe_close(code, "why") for code in CLOSE_CODES]
     assert page_descriptions == server_descriptions
     assert console_errors == []
+
+
+# Chat
+#
+# Each chat page gets its own browser context, as tabs of different people
+# would. The server and the notebook's control panel run in the test process
+# unless a test starts them in a real kernel.
+
+
+class PageOpener:
+    """Opens pages in fresh browser contexts and records their console errors."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.contexts: list[BrowserContext] = []
+        self.console_errors: list[str] = []
+        """Console errors of every page opened, each starting with the page's label."""
+
+    def open(self, label: str) -> Page:
+        context = self.browser.new_context()
+        context.set_default_timeout(WAIT_MS)
+        self.contexts.append(context)
+        page = context.new_page()
+        record_console_errors(page, self.console_errors, f"{label}: ")
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[PageOpener]:
+    opener = PageOpener(browser)
+    yield opener
+    opener.close()
+
+
+def open_chat(page: Page, url: str) -> None:
+    """Open the client at ``url`` and switch it from echo to chat mode."""
+    page.goto(url)
+    expect_open_with_greeting(page)
+    choose_mode(page, "chat")
+    expect(page.get_by_test_id("chat-panel")).to_be_visible()
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    expect(page.get_by_test_id("join")).to_be_enabled()
+
+
+def join_chat(page: Page, name: str, channel: str = "lobby") -> None:
+    page.get_by_test_id("chat-name").fill(name)
+    page.get_by_test_id("chat-channel").fill(channel)
+    page.get_by_test_id("join").click()
+    expect(page.get_by_test_id("chat-state")).to_have_text(f"In {channel} as {name}")
+
+
+def open_chat_page(pages: PageOpener, url: str, name: str) -> Page:
+    """Open a page that joined ``lobby`` as ``name``."""
+    page = pages.open(name)
+    open_chat(page, url)
+    join_chat(page, name)
+    return page
+
+
+def send_chat(page: Page, text: str) -> None:
+    page.get_by_test_id("chat-text").fill(text)
+    page.get_by_test_id("chat-text").press("Enter")
+
+
+def chat_messages(page: Page) -> Locator:
+    return page.get_by_test_id("chat-messages").locator(".chat-message")
+
+
+def member_names(page: Page) -> Locator:
+    return page.get_by_test_id("presence").locator(".member-name")
+
+
+def chat_sender(name: str) -> dict[str, str]:
+    """Return the ``from`` field the server gives a member's message."""
+    return {"id": f"{name}-id", "name": name}
+
+
+def expect_chat_message(
+    message: Locator, sender: str, text: str, origin: str, tag: str | None = None
+) -> None:
+    expect(message.locator(".chat-sender")).to_have_text(sender)
+    expect(message.locator(".chat-text")).to_have_text(text)
+    expect(message).to_have_attribute("data-origin", origin)
+    if tag is None:
+        expect(message.locator(".chat-tag")).to_have_count(0)
+    else:
+        expect(message.locator(".chat-tag")).to_have_text(tag)
+    expect(message.locator("time")).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))
+
+
+def test_chat_two_pages_talk(threaded: ThreadedServer, pages: PageOpener) -> None:
+    server = threaded.server
+    assert server is not None
+    ada = open_chat_page(pages, server.url, "ada")
+    bob = open_chat_page(pages, server.url, "bob")
+
+    for page, name in [(ada, "ada"), (bob, "bob")]:
+        expect(member_names(page)).to_have_text(["ada", "bob"])
+        expect(page.get_by_test_id("presence-count")).to_have_text("(2)")
+        own_entry = page.get_by_test_id("presence").locator(".member-self")
+        expect(own_entry.locator(".member-name")).to_have_text(name)
+        expect(own_entry.locator(".chat-tag")).to_have_text("you")
+
+    markup = '<img src=x onerror="window.injected = true"><b>hi bob</b>'
+    send_chat(ada, markup)
+
+    expect(chat_messages(bob)).to_have_count(1)
+    expect_chat_message(chat_messages(bob).last, "ada", markup, "member")
+    expect(chat_messages(ada)).to_have_count(1)
+    expect_chat_message(chat_messages(ada).last, "ada", markup, "own", "you")
+    expect(ada.get_by_test_id("chat-text")).to_have_value("")
+    expect(log_texts(ada, "sent").last).to_have_text(
+        json.dumps(
+            {"type": "message", "channel": "lobby", "text": markup},
+            separators=(",", ":"),
+        )
+    )
+    for page in (ada, bob):
+        assert page.get_by_test_id("chat-messages").locator("img, b").count() == 0
+        assert page.evaluate("window.injected") is None
+
+    bob.get_by_test_id("leave").click()
+
+    expect(member_names(ada)).to_have_text(["ada"])
+    expect(bob.get_by_test_id("chat-state")).to_have_text(
+        "Not in a channel. Enter a display name and press Join."
+    )
+    expect(member_names(bob)).to_have_count(0)
+    expect(bob.get_by_test_id("join")).to_be_enabled()
+    expect(bob.get_by_test_id("chat-text")).to_be_disabled()
+    expect(log_texts(bob, "system").last).to_have_text("left lobby")
+    assert pages.console_errors == []
+
+
+def test_chat_shows_notebook_broadcast(
+    threaded: ThreadedServer, pages: PageOpener
+) -> None:
+    server = threaded.server
+    assert server is not None
+    ada = open_chat_page(pages, server.url, "ada")
+    bob = open_chat_page(pages, server.url, "bob")
+
+    async def send_from_panel() -> ControlPanel:
+        panel = ControlPanel(server)
+        panel.channel.value = "lobby"
+        panel.message.value = "hello from the notebook"
+        panel.send_button.click()
+        return panel
+
+    panel = threaded.call(send_from_panel())
+    try:
+        for page in (ada, bob):
+            expect(chat_messages(page)).to_have_count(1)
+            expect_chat_message(
+                chat_messages(page).last,
+                "notebook",
+                "hello from the notebook",
+                "notebook",
+                "from the notebook",
+            )
+        assert panel.message.value == ""
+    finally:
+        on_loop(threaded, panel.close)
+    assert pages.console_errors == []
+
+
+INVALID_NAMES = ["", "   ", "x" * 33, "tab\there", "line\u2028break"]
+INVALID_CHANNELS = ["", "-lobby", "lob by", "lobby/1", "x" * 65]
+
+
+def test_chat_rejects_invalid_fields(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    open_chat(page, server.url)
+    name = page.get_by_test_id("chat-name")
+    channel = page.get_by_test_id("chat-channel")
+    name_error = page.get_by_test_id("chat-name-error")
+    channel_error = page.get_by_test_id("chat-channel-error")
+
+    for value in INVALID_NAMES:
+        name.fill(value)
+        page.get_by_test_id("join").click()
+        expect(name_error).to_have_text(
+            f"Invalid name {json.dumps(value)}: enter 1 to 32 printable characters, "
+            "such as ada."
+        )
+        expect(name).to_have_attribute("aria-invalid", "true")
+        expect(channel_error).to_be_hidden()
+
+    name.fill("ada")
+    expect(name_error).to_be_hidden()
+    for value in INVALID_CHANNELS:
+        channel.fill(value)
+        page.get_by_test_id("join").click()
+        expect(channel_error).to_have_text(
+            f"Invalid channel {json.dumps(value)}: use 1 to 64 letters, digits and "
+            "_ . : -, starting with a letter or digit, such as lobby."
+        )
+        expect(channel).to_have_attribute("aria-invalid", "true")
+        expect(name_error).to_be_hidden()
+
+    expect(page.get_by_test_id("chat-state")).to_have_text(
+        "Not in a channel. Enter a display name and press Join."
+    )
+    expect(log_texts(page, "sent")).to_have_text(["Hello Server!"])
+    assert on_loop(threaded, lambda: server.push.members("lobby")) == []
+
+    # Valid values of maximum length, with spaces around the name that the page
+    # trims as the server does. Python counts the name's 32 code points, not the 64
+    # UTF-16 code units of the emoji.
+    longest_name = "\N{GRINNING FACE}" * 32
+    longest_channel = "c" + "_.:-9" * 12 + "abc"
+    name.fill(f"  {longest_name} ")
+    channel.fill(longest_channel)
+    page.get_by_test_id("join").click()
+
+    expect(page.get_by_test_id("chat-state")).to_have_text(
+        f"In {longest_channel} as {longest_name}"
+    )
+    expect(name_error).to_be_hidden()
+    expect(channel_error).to_be_hidden()
+    expect(name).not_to_have_attribute("aria-invalid", "true")
+    expect(member_names(page)).to_have_text([longest_name])
+    assert console_errors == []
+
+
+def test_chat_shows_server_errors(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    hub = server.hub
+    open_chat(page, server.url)
+    chat_error = page.get_by_test_id("chat-error")
+
+    # A join the server rejects: the hub may not create one more channel.
+    on_loop(threaded, lambda: setattr(hub, "max_channels", len(hub.streams)))
+    page.get_by_test_id("chat-name").fill("ada")
+    page.get_by_test_id("join").click()
+
+    expect(chat_error).to_contain_text(
+        "server error (invalid_channel): too many channels"
+    )
+    expect(log_texts(page, "error").last).to_contain_text(
+        "server error (invalid_channel): too many channels"
+    )
+    expect(page.get_by_test_id("chat-state")).to_have_text(
+        "Not in a channel. Enter a display name and press Join."
+    )
+    expect(page.get_by_test_id("join")).to_be_enabled()
+
+    on_loop(threaded, lambda: setattr(hub, "max_channels", 256))
+    page.get_by_test_id("join").click()
+    expect(page.get_by_test_id("chat-state")).to_have_text("In lobby as ada")
+    expect(chat_error).to_be_hidden()
+
+    # A text over the server's limit of 4096 characters.
+    send_chat(page, "x" * 4097)
+
+    message = (
+        "server error (invalid_text): invalid text: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxx'; send 1 to 4096 characters of text"
+    )
+    expect(chat_error).to_have_text(message)
+    expect(chat_error).to_be_visible()
+    expect(log_texts(page, "error").last).to_have_text(message)
+    expect(chat_messages(page)).to_have_count(0)
+
+    send_chat(page, "x" * 4096)
+
+    expect(chat_error).to_be_hidden()
+    expect(chat_messages(page)).to_have_count(1)
+    expect(chat_messages(page).last).to_have_attribute("data-origin", "own")
+    assert console_errors == []
+
+
+def test_chat_rejoins_after_drop(
+    threaded: ThreadedServer, page: Page, console_errors: list[str]
+) -> None:
+    server = threaded.server
+    assert server is not None
+    open_chat(page, server.url)
+    join_chat(page, "ada")
+    for text in ["one", "two"]:
+        on_loop(
+            threaded,
+            server.publish,
+            {"from": chat_sender("bob"), "text": text},
+            "lobby",
+        )
+    expect(chat_messages(page)).to_have_count(2)
+    page.evaluate(
+        """() => {
+            const state = document.querySelector('[data-testid="chat-state"]');
+            window.chatStates = [];
+            const record = () => window.chatStates.push(state.textContent);
+            const options = { childList: true, characterData: true, subtree: true };
+            new MutationObserver(record).observe(state, options);
+        }"""
+    )
+
+    async def drop_then_publish() -> None:
+        # The server closes the page's connection, then publishes what the
+        # page misses while it is away.
+        push = server.push
+        connection = next(
+            c for c, client in push.clients.items() if client.name == "ada"
+        )
+        await connection.close(1012, "restarting the handler")
+        for text in ["three", "four", "five"]:
+            server.publish({"from": chat_sender("bob"), "text": text}, "lobby")
+
+    threaded.call(drop_then_publish())
+
+    expect(log_texts(page, "system")).to_contain_text(
+        ["closed: 1012 (service restart): restarting the handler. Reconnecting in 1 s."]
+    )
+    join = {"type": "join", "channel": "lobby", "name": "ada", "since": 2}
+    join["epoch"] = server.epoch
+    expect(log_texts(page, "sent").last).to_have_text(
+        json.dumps(join, separators=(",", ":"))
+    )
+    expect(page.get_by_test_id("chat-state")).to_have_text("In lobby as ada")
+    expect(chat_messages(page).locator(".chat-text")).to_have_text(
+        ["one", "two", "three", "four", "five"]
+    )
+    seqs = chat_messages(page).evaluate_all("items => items.map(i => i.dataset.seq)")
+    assert seqs == ["1", "2", "3", "4", "5"]
+    states = page.evaluate("window.chatStates")
+    assert "Connection lost. Reconnecting, then rejoining lobby after seq 2." in states
+    expect(member_names(page)).to_have_text(["ada"])
+    expect(page.get_by_test_id("presence").locator(".member-self")).to_have_count(1)
+    expect(log_texts(page, "error")).to_have_count(0)
+
+    send_chat(page, "back again")
+    expect_chat_message(chat_messages(page).last, "ada", "back again", "own", "you")
+    assert console_errors == []
+
+
+def test_chat_mode_switch_leaves_channel(
+    threaded: ThreadedServer, pages: PageOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+    server = threaded.server
+    assert server is not None
+    ada = open_chat_page(pages, server.url, "ada")
+    bob = open_chat_page(pages, server.url, "bob")
+    expect(member_names(bob)).to_have_text(["ada", "bob"])
+
+    choose_mode(ada, "echo")
+
+    expect(member_names(bob)).to_have_text(["bob"])
+    expect(log_texts(ada, "sent")).to_contain_text(
+        ['{"type":"leave","channel":"lobby"}']
+    )
+    expect(log_texts(ada, "system")).to_contain_text(
+        ["stopped Chat (WebSocket): closing the WebSocket with 1000 (normal closure)"]
+    )
+    expect(log_texts(ada, "received").last).to_have_text(ECHO_OF_GREETING)
+    expect(ada.get_by_test_id("chat-panel")).to_be_hidden()
+
+    def closed_normally() -> bool:
+        return any(
+            "disconnected: client closed with 1000 (normal closure): "
+            "client switched transport" in record.getMessage()
+            for record in caplog.records
+        )
+
+    wait_until(closed_normally, "the server's log line for the closed chat connection")
+    assert on_loop(
+        threaded, lambda: [c.name for c in server.push.members("lobby")]
+    ) == ["bob"]
+
+    # Back in chat mode, the page is out of the channel until it joins again.
+    choose_mode(ada, "chat")
+    expect(ada.get_by_test_id("chat-state")).to_have_text(
+        "Not in a channel. Enter a display name and press Join."
+    )
+    assert pages.console_errors == []
+
+
+BROADCAST_CELL = """\
+import asyncio
+import itertools
+
+
+async def publish_chat_messages(channel, per_second):
+    sender = {"id": "server", "name": "notebook"}
+    for number in itertools.count(1):
+        server.publish({"from": sender, "text": f"tick {number}"}, channel)
+        await asyncio.sleep(1 / per_second)
+
+
+task = asyncio.get_running_loop().create_task(publish_chat_messages("lobby", 10))
+"""
+
+STOP_CELL = """\
+task.cancel()
+try:
+    await task
+except asyncio.CancelledError:
+    pass
+await server.stop()
+"""
+
+DISCONNECT_LINE = re.compile(r" INFO rtkit\.server: client [0-9a-f]{8} disconnected: ")
+CHAT_CLOSE = re.compile(
+    r"disconnected: (client closed with 1001 \(going away\)|connection lost, )"
+)
+"""How the server logs a tab that was closed, reloaded or dropped."""
+
+
+@pytest.fixture
+def kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlockingKernelClient]:
+    """A client of a fresh ``python3`` kernel, shut down after the test."""
+    with running_kernel(tmp_path, monkeypatch) as client:
+        yield client
+
+
+@pytest.mark.kernel
+def test_chat_tabs_closed_mid_broadcast(
+    kernel: BlockingKernelClient, pages: PageOpener
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    iopub: list[dict[str, Any]] = []
+    execute(
+        kernel, f"import rtkit\nserver = await rtkit.start(port={port})", iopub=iopub
+    )
+    execute(kernel, BROADCAST_CELL, iopub=iopub)
+
+    # The cell returned: the kernel's loop alone serves the pages from here.
+    closed, reloaded, dropped = [
+        open_chat_page(pages, url, name) for name in ["ann", "ben", "cat"]
+    ]
+    for page in (closed, reloaded, dropped):
+        expect(member_names(page)).to_have_text(["ann", "ben", "cat"])
+        expect(chat_messages(page).last.locator(".chat-text")).to_have_text(
+            re.compile(r"^tick \d+$")
+        )
+
+    closed.close()
+    reloaded.reload()
+    dropped.context.close()
+
+    expect_open_with_greeting(reloaded)
+    logs = execute(
+        kernel, "await asyncio.sleep(1)\nprint(rtkit.recent_logs(100))", iopub=iopub
+    )
+    execute(kernel, STOP_CELL, iopub=iopub)
+    drain_iopub(kernel, iopub)
+
+    outputs = [
+        message
+        for message in iopub
+        if message["msg_type"] in ("stream", "error", "display_data", "execute_result")
+    ]
+    assert [m for m in outputs if m["msg_type"] == "error"] == []
+    stderr = [
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    ]
+    assert stderr == []
+    for message in outputs:
+        text = json.dumps(message["content"])
+        assert "Traceback" not in text, text
+        assert "Error" not in text, text
+        assert "handler failed" not in text, text
+
+    lines = logs.splitlines()
+    disconnects = [line for line in lines if DISCONNECT_LINE.search(line)]
+    switches = [line for line in disconnects if "client switched transport" in line]
+    # The three echo connections that each page closed on its switch to chat.
+    assert len(switches) == 3, logs
+    # The three chat connections: closed, reloaded and dropped with the context.
+    chat_closes = [line for line in disconnects if line not in switches]
+    assert len(chat_closes) == 3, logs
+    for line in chat_closes:
+        assert CHAT_CLOSE.search(line), line
+    assert [line for line in lines if " ERROR " in line or " WARNING " in line] == []
+    assert pages.console_errors == []

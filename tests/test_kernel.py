@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import re
 import socket
 import sys
 import urllib.request
@@ -18,18 +17,16 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager
 from websockets.asyncio.client import connect
 
 import rtkit
 
 from .conftest import free_port, run, timeout
+from .kernels import execute, running_kernel
 
 pytestmark = pytest.mark.kernel
 
 START_CELL = "import rtkit\nserver = await rtkit.start(port={port})"
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 # An opener without proxies, so requests to 127.0.0.1 never leave the machine
 # even when http_proxy is set.
@@ -57,47 +54,9 @@ def can_bind(port: int, host: str = "127.0.0.1") -> bool:
 def kernel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[BlockingKernelClient]:
-    """A client of a fresh ``python3`` kernel, shut down after the test.
-
-    The connection file and the IPython profile go to ``tmp_path``, so the
-    user's IPython startup files do not run in the kernel.
-    """
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    manager = KernelManager(kernel_name="python3")
-    manager.shutdown_wait_time = timeout(5)
-    manager.start_kernel()
-    client = manager.client()
-    try:
-        client.start_channels()
-        client.wait_for_ready(timeout=timeout(30))
+    """A client of a fresh ``python3`` kernel, shut down after the test."""
+    with running_kernel(tmp_path, monkeypatch) as client:
         yield client
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel()
-
-
-def execute(client: BlockingKernelClient, code: str, units: float = 30) -> str:
-    """Run ``code`` as a cell, wait until the kernel is idle, return its stdout.
-
-    Fails the test with the kernel's traceback if the cell raises.
-    """
-    outputs: list[dict] = []
-    reply = client.execute_interactive(
-        code, timeout=timeout(units), output_hook=outputs.append
-    )
-    content = reply["content"]
-    if content["status"] != "ok":
-        traceback = ANSI_ESCAPE.sub("", "\n".join(content.get("traceback", [])))
-        pytest.fail(
-            f"cell {code!r} failed with {content.get('ename')}: "
-            f"{content.get('evalue')}\n{traceback}"
-        )
-    return "".join(
-        output["content"]["text"]
-        for output in outputs
-        if output["msg_type"] == "stream" and output["content"]["name"] == "stdout"
-    )
 
 
 async def exchange(url: str, text: str) -> tuple[str, str]:
