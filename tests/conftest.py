@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import threading
@@ -32,6 +33,23 @@ def run(coroutine: Awaitable[T], units: float = 10) -> T:
             return await coroutine
 
     return asyncio.run(bounded())
+
+
+def can_bind(port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether a listening socket can take ``port`` right now.
+
+    SO_REUSEADDR matches what the rtkit server sets, so connections left in
+    TIME_WAIT do not count as holding the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            assert exc.errno == errno.EADDRINUSE
+            return False
+        sock.listen()
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:

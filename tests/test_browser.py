@@ -38,20 +38,11 @@ from rtkit.hub import DEFAULT_CHANNEL
 from rtkit.routes import STATIC_DIR
 from rtkit.widgets import ControlPanel
 
+from .browsers import CHROMIUM, CHROMIUM_ARGS
 from .conftest import ThreadedServer, free_port, timeout
 from .kernels import drain_iopub, execute, running_kernel
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 WAIT_MS = timeout(5) * 1000
 """Playwright's bound on each wait, in milliseconds."""

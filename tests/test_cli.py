@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import re
 import signal
@@ -20,7 +19,7 @@ from websockets.asyncio.client import connect
 
 import rtkit
 
-from .conftest import run, timeout
+from .conftest import can_bind, run, timeout
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+)/)")
 
@@ -31,23 +30,6 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rtkit", "serve", *args]
-
-
-def can_bind(port: int, host: str = "127.0.0.1") -> bool:
-    """Return whether a listening socket can take ``port`` right now.
-
-    SO_REUSEADDR matches what the rtkit server sets, so connections left in
-    TIME_WAIT do not count as holding the port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            assert exc.errno == errno.EADDRINUSE
-            return False
-        sock.listen()
-        return True
 
 
 class ServeProcess:

@@ -7,9 +7,7 @@ serving from the kernel's event loop while no cell runs.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import socket
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from websockets.asyncio.client import connect
 
 import rtkit
 
-from .conftest import free_port, run, timeout
+from .conftest import can_bind, free_port, run, timeout
 from .kernels import execute, running_kernel
 
 pytestmark = pytest.mark.kernel
@@ -31,23 +29,6 @@ START_CELL = "import rtkit\nserver = await rtkit.start(port={port})"
 # An opener without proxies, so requests to 127.0.0.1 never leave the machine
 # even when http_proxy is set.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def can_bind(port: int, host: str = "127.0.0.1") -> bool:
-    """Return whether a listening socket can take ``port`` right now.
-
-    SO_REUSEADDR matches what the rtkit server sets, so connections left in
-    TIME_WAIT do not count as holding the port.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            assert exc.errno == errno.EADDRINUSE
-            return False
-        sock.listen()
-        return True
 
 
 @pytest.fixture

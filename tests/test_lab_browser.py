@@ -38,20 +38,11 @@ from websockets.sync.client import ClientConnection, connect
 
 import rtkit
 
+from .browsers import CHROMIUM, CHROMIUM_ARGS
 from .conftest import free_port, timeout
 from .jupyter import Lab, running_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser]
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 WAIT_MS = timeout(5) * 1000
 """Playwright's bound on each short wait, in milliseconds."""

@@ -14,20 +14,7 @@ from websockets.exceptions import ConnectionClosed
 import rtkit
 from rtkit.server import default_port
 
-from .conftest import free_port, run, timeout
-
-
-def can_bind(port: int, host: str = "127.0.0.1") -> bool:
-    """Return whether a listening socket can take ``port`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            assert exc.errno == errno.EADDRINUSE
-            return False
-        sock.listen()
-        return True
+from .conftest import can_bind, free_port, run, timeout
 
 
 async def greeting(url: str) -> str:
