@@ -10,8 +10,8 @@ header (2 to 14 bytes, with the 4-byte mask on client frames) and payload.
 TCP/IP headers (about 40 bytes per packet) and TLS are not counted.
 
 * :class:`ShortPoller` sends ``GET /poll?since=SEQ`` every ``interval`` seconds.
-* :class:`LongPoller` sends ``GET /poll?since=SEQ&wait=W`` and asks again as
-  soon as each answer arrives.
+* :class:`LongPoller` sends ``GET /poll?since=SEQ&wait=W`` and sends the next
+  request as soon as each response arrives.
 * :class:`WebSocketSubscriber` subscribes once and receives pushed events.
 
 All three share :class:`Follower`: the bookkeeping of ``seq``, duplicates and
@@ -253,7 +253,7 @@ class LongPoller(StreamClient):
 
     Args:
         url: the server's URL, e.g. ``server.url``.
-        wait: the longest the server keeps each request open, in seconds.
+        wait: the maximum time the server keeps each request open, in seconds.
         name: label in results and logs.
     """
 

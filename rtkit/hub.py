@@ -10,7 +10,7 @@ missed, or learns how many fell out of the history.
 
 The hub's ``epoch`` is a random token chosen when the hub is created or reset
 (every server start). Sequence numbers are only comparable within one epoch, so
-a client that sees a new epoch knows the server restarted and starts over.
+a client that sees a new epoch learns that the server restarted and starts over.
 """
 
 from __future__ import annotations

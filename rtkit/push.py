@@ -79,7 +79,7 @@ class CommandError(ValueError):
 
 @dataclass
 class Client:
-    """What the server knows about one WebSocket connection."""
+    """The server's state for one WebSocket connection."""
 
     id: str
     """Short identifier: the first 8 hex digits of the connection's UUID."""

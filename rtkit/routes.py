@@ -141,7 +141,7 @@ def static_response(path: Path, *, head: bool = False) -> Response:
 
 
 MAX_WAIT = 30.0
-"""The longest long-poll wait in seconds, below common proxy idle timeouts."""
+"""The maximum long-poll wait in seconds, below common proxy idle timeouts."""
 
 
 class InvalidParameter(ValueError):

@@ -209,7 +209,7 @@ class Server:
         static_dir: the folder served under ``/static/``.
         history_size: how many recent events the hub keeps for pollers and
             resuming clients.
-        max_buffer: the most bytes waiting in one client's write buffer; a
+        max_buffer: the maximum bytes waiting in one client's write buffer. A
             client that falls further behind is disconnected, so a client that
             stopped reading cannot grow the server's memory without bound.
     """
@@ -280,8 +280,8 @@ class Server:
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 close_timeout=self.close_timeout,
-                # A long poll is answered from process_request, which runs
-                # under the opening handshake's timeout.
+                # The response to a long poll is built in process_request,
+                # which runs under the opening handshake's timeout.
                 open_timeout=routes.MAX_WAIT + 10,
                 logger=logging.getLogger("rtkit.websockets"),
             )

@@ -1,4 +1,4 @@
-"""Broadcast under churn: clients come and go, one never reads, nobody suffers."""
+"""Broadcast under churn: clients come and go, one never reads, others are served."""
 
 from __future__ import annotations
 

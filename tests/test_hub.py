@@ -116,7 +116,7 @@ def test_hub_wait_many_released_by_one_publish() -> None:
     run(scenario())
 
 
-def test_hub_wait_returns_at_once_for_old_epoch_since() -> None:
+def test_hub_wait_stale_since_returns_at_once() -> None:
     async def scenario() -> None:
         hub = Hub()
         hub.publish("only")
