@@ -24,8 +24,9 @@ message that is a JSON object with a ``type`` is a command:
     Publish ``{"from": {"id", "name"}, "text"}`` to ``C``, which every
     subscriber receives as an ``event``. Only members of ``C`` may send.
 
-Anything else that parses as JSON with a ``type`` gets an ``error`` message
-naming what was wrong, and the connection stays open. More commands can be
+Text that starts with ``{`` but is not valid JSON, is not an object, has no
+``type`` or an unknown one, or misses a field, gets an ``error`` message naming
+what was wrong, and the connection stays open. More commands can be
 added to :attr:`PushHandler.commands`.
 """
 
@@ -119,16 +120,36 @@ def check_name(name: object) -> str:
 
 
 def parse_command(text: str) -> dict[str, Any] | None:
-    """Return ``text`` as a command, or ``None`` for plain text to echo."""
+    """Return ``text`` as a command, or ``None`` for plain text to echo.
+
+    Text that starts with ``{`` is meant as a command, so it must be a JSON
+    object with a ``type``.
+
+    Raises:
+        CommandError: if such text is not valid JSON, not an object, or has
+            no ``type``.
+    """
     if not text.lstrip().startswith("{"):
         return None
     try:
         message = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(message, dict) and "type" in message:
-        return message
-    return None
+    except ValueError as exc:
+        raise CommandError(
+            "invalid_json",
+            f"invalid JSON: {exc}; send a JSON object such as "
+            '{"type": "subscribe"}, or text not starting with { to echo it',
+        ) from None
+    if not isinstance(message, dict):
+        raise CommandError(
+            "invalid_json", f"invalid command: {text[:40]!r} is not a JSON object"
+        )
+    if "type" not in message:
+        raise CommandError(
+            "missing_field",
+            "missing field 'type' in the command; send e.g. "
+            '{"type": "join", "channel": "lobby", "name": "ada"}',
+        )
+    return message
 
 
 def _since(command: dict[str, Any]) -> int:
@@ -299,7 +320,11 @@ class PushHandler:
         if isinstance(message, bytes):
             await self._reply(connection, binary_unsupported(len(message)))
             return
-        command = parse_command(message)
+        try:
+            command = parse_command(message)
+        except CommandError as exc:
+            await self._reply(connection, error_message(exc.code, str(exc)))
+            return
         if command is None:
             await self._reply(connection, echo_reply(message))
             return

@@ -119,6 +119,17 @@ def test_push_bad_commands_get_errors_and_stay_open() -> None:
                     ({"type": "subscribe", "since": "x"}, "invalid_since", "'x'"),
                     ({"type": 7}, "unknown_type", "7"),
                 ]
+                raw_cases = [
+                    ("{oops", "invalid_json", "invalid JSON: Expecting"),
+                    ('{"no": "type"}', "missing_field", "missing field 'type'"),
+                    ("  {1: 2}", "invalid_json", "invalid JSON"),
+                ]
+                for text, code, expected in raw_cases:
+                    await client.send(text)
+                    error = await receive_json(client)
+                    assert error["type"] == "error"
+                    assert error["code"] == code
+                    assert expected in error["message"]
                 for command, code, text in cases:
                     await client.send(json.dumps(command))
                     error = await receive_json(client)
