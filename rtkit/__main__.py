@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from .hub import DEFAULT_HISTORY_SIZE
+from .hub import DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CHANNELS
 from .server import DEFAULT_HOST, PortInUseError, Server
 from .source import EventSource
 
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVENTS",
         help="events kept for pollers and resuming clients (default: %(default)s)",
     )
+    serve.add_argument(
+        "--max-channels",
+        type=int,
+        default=DEFAULT_MAX_CHANNELS,
+        metavar="COUNT",
+        help="channels that may exist at once (default: %(default)s)",
+    )
     return parser
 
 
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             allowed_origins=args.allow_origin,
             max_size=args.max_size,
             history_size=args.history,
+            max_channels=args.max_channels,
         )
         if args.rate is not None:
             # Validate before binding, so a bad rate never leaves a half-started server.
@@ -125,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve_until_stopped(server, args.rate, args.poisson))
     except (PortInUseError, ValueError) as exc:
         print(f"rtkit: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"rtkit: cannot listen on {args.host}: {exc}; check --host "
+            "(an address of this machine, such as 127.0.0.1)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -34,12 +34,19 @@ __all__ = [
     "Hub",
     "Stream",
     "check_channel",
+    "short_repr",
 ]
 
 DEFAULT_CHANNEL = "events"
 DEFAULT_HISTORY_SIZE = 1000
 DEFAULT_MAX_CHANNELS = 256
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_channel(channel: object) -> str:
@@ -53,7 +60,7 @@ def check_channel(channel: object) -> str:
     """
     if not isinstance(channel, str) or not CHANNEL_PATTERN.fullmatch(channel):
         raise ValueError(
-            f"invalid channel: {channel!r}; use 1 to 64 letters, digits and "
+            f"invalid channel: {short_repr(channel)}; use 1 to 64 letters, digits and "
             "_ . : -, starting with a letter or digit, e.g. 'lobby'"
         )
     return channel
@@ -181,6 +188,7 @@ class Hub:
     _subscribers: list[Callable[[Event], None]] = field(
         default_factory=list, init=False
     )
+    _created: asyncio.Future[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         for name, default in (
@@ -210,6 +218,7 @@ class Hub:
                     f"reuse a channel or raise max_channels (for {channel!r})"
                 )
             stream = self.streams[channel] = Stream(channel, self.history_size)
+            self._wake_channel_waiters()
         return stream
 
     @property
@@ -229,12 +238,14 @@ class Hub:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.wake_all()
+        self._wake_channel_waiters()
 
     def close(self) -> None:
         """Release every waiting long poll and make new ones return at once."""
         self.closed = True
         for stream in self.streams.values():
             stream.wake_all()
+        self._wake_channel_waiters()
 
     def publish(self, data: Any, channel: str = DEFAULT_CHANNEL) -> Event:
         """Append an event, wake every waiting long poll, notify subscribers.
@@ -271,20 +282,34 @@ class Hub:
         Raises:
             ValueError: if ``channel`` is invalid or one too many.
         """
+        check_channel(channel)
         deadline = time.monotonic() + wait
         while True:
-            stream = self.stream(channel)
-            result = stream.events_after(since)
-            if result.events or result.missed or since > stream.latest or self.closed:
+            result = self.events_after(since, channel)
+            if result.events or result.missed or since > result.latest or self.closed:
                 return result
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not math.isfinite(remaining):
                 return result
+            # A poll must not create a channel, or pollers could use up
+            # max_channels; until the first publish it waits on the hub.
+            stream = self.streams.get(channel)
+            changed = stream.changed() if stream else self._channel_created()
             try:
                 async with asyncio.timeout(remaining):
-                    await asyncio.shield(stream.changed())
+                    await asyncio.shield(changed)
             except TimeoutError:
                 return self.events_after(since, channel)
+
+    def _channel_created(self) -> asyncio.Future[None]:
+        if self._created is None or self._created.done():
+            self._created = asyncio.get_running_loop().create_future()
+        return self._created
+
+    def _wake_channel_waiters(self) -> None:
+        if self._created is not None and not self._created.done():
+            self._created.set_result(None)
+        self._created = None
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback`` with each new event; return a function that stops it."""

@@ -36,18 +36,34 @@ def normalize_origin(origin: str) -> str:
     """Return ``origin`` lowercased and without a trailing slash.
 
     Raises:
-        ValueError: if ``origin`` is empty.
+        ValueError: if ``origin`` is not ``null`` or an http(s) origin such as
+            ``http://host:8000``.
     """
     normalized = origin.strip().rstrip("/").lower()
-    if not normalized:
-        raise ValueError("invalid origin: empty string; pass e.g. 'http://host:8000'")
+    if normalized == "null":
+        return normalized
+    try:
+        parsed = urlsplit(normalized)
+        parsed.port  # noqa: B018 - raises ValueError for an invalid port
+    except ValueError:
+        parsed = urlsplit("")
+    if (
+        parsed.scheme not in DEFAULT_PORTS
+        or not parsed.hostname
+        or parsed.path
+        or parsed.query
+    ):
+        raise ValueError(
+            f"invalid origin: {origin!r}; pass 'null' or scheme://host[:port] "
+            "with http or https, e.g. 'http://host:8000'"
+        )
     return normalized
 
 
 def _split_host_header(host: str, default_port: int) -> tuple[str, int] | None:
     """Split a ``Host`` header into a lowercase host name and a port."""
-    parsed = urlsplit(f"//{host}")
     try:
+        parsed = urlsplit(f"//{host}")
         port = parsed.port
     except ValueError:
         return None
@@ -107,8 +123,8 @@ def check_origin(
             f"frames of any site; open the client from this server instead "
             f"({page}), or " + allow_hint
         )
-    parsed = urlsplit(normalized)
     try:
+        parsed = urlsplit(normalized)
         origin_port = parsed.port
     except ValueError:
         origin_port = None

@@ -43,7 +43,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, broadcast
 
 from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
-from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel
+from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel, short_repr
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
@@ -59,6 +59,8 @@ logger = logging.getLogger("rtkit.push")
 DEFAULT_MAX_BUFFER = 2**20
 """Bytes a client may have waiting in its write buffer before it is dropped."""
 MAX_NAME_LENGTH = 32
+MAX_SUBSCRIPTIONS = 64
+"""Channels one connection may subscribe to at once."""
 MAX_TEXT_LENGTH = 4096
 
 Command = Callable[[ServerConnection, dict[str, Any]], Awaitable[None]]
@@ -113,7 +115,7 @@ def check_name(name: object) -> str:
     ):
         raise CommandError(
             "invalid_name",
-            f"invalid name: {name!r}; use 1 to {MAX_NAME_LENGTH} printable "
+            f"invalid name: {short_repr(name)}; use 1 to {MAX_NAME_LENGTH} printable "
             "characters, e.g. 'ada'",
         )
     return name
@@ -133,6 +135,10 @@ def parse_command(text: str) -> dict[str, Any] | None:
         return None
     try:
         message = json.loads(text)
+    except RecursionError:
+        raise CommandError(
+            "invalid_json", "invalid JSON: nested too deeply; send a flat object"
+        ) from None
     except ValueError as exc:
         raise CommandError(
             "invalid_json",
@@ -149,15 +155,29 @@ def parse_command(text: str) -> dict[str, Any] | None:
             "missing field 'type' in the command; send e.g. "
             '{"type": "join", "channel": "lobby", "name": "ada"}',
         )
+    if not isinstance(message["type"], str):
+        raise CommandError(
+            "unknown_type",
+            f"unknown message type: {short_repr(message['type'])}; the type "
+            "must be a string such as 'subscribe'",
+        )
+    epoch = message.get("epoch")
+    if epoch is not None and not isinstance(epoch, str):
+        raise CommandError(
+            "invalid_epoch",
+            f"invalid epoch: {short_repr(epoch)}; send the epoch string the "
+            "server sent you, or leave it out",
+        )
     return message
 
 
 def _since(command: dict[str, Any]) -> int:
     since = command.get("since", 0)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+    valid = isinstance(since, int) and not isinstance(since, bool)
+    if not valid or not 0 <= since < 2**63:
         raise CommandError(
             "invalid_since",
-            f"invalid since: {since!r}; send the last seq you received, "
+            f"invalid since: {short_repr(since)}; send the last seq you received, "
             "an integer >= 0 (0 for everything in the history)",
         )
     return since
@@ -175,6 +195,21 @@ def _channel(command: dict[str, Any], default: str | None = None) -> str:
         return check_channel(channel)
     except ValueError as exc:
         raise CommandError("invalid_channel", str(exc)) from None
+
+
+def check_text(text: object) -> str:
+    """Return ``text`` if it is a chat message of 1 to 4096 characters.
+
+    Raises:
+        CommandError: naming the invalid value.
+    """
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_LENGTH:
+        raise CommandError(
+            "invalid_text",
+            f"invalid text: {short_repr(text)}; send 1 to {MAX_TEXT_LENGTH} "
+            "characters of text",
+        )
+    return text
 
 
 class PushHandler:
@@ -256,6 +291,13 @@ class PushHandler:
         connections = list(self.subscribers.get(event.channel, ()))
         self.send(connections, event.envelope(self.hub.epoch))
 
+    def _drop_subscriber(self, channel: str, connection: ServerConnection) -> None:
+        subscribers = self.subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(connection)
+            if not subscribers:
+                del self.subscribers[channel]
+
     def members(self, channel: str) -> list[Client]:
         """Return the clients that joined ``channel``, in order of arrival."""
         return [c for c in self.clients.values() if channel in c.channels]
@@ -308,7 +350,7 @@ class PushHandler:
         finally:
             del self.clients[connection]
             for channel in client.subscriptions:
-                self.subscribers.get(channel, set()).discard(connection)
+                self._drop_subscriber(channel, connection)
             for channel in client.channels:
                 self.send_presence(channel)
             self.notify("disconnect", client)
@@ -369,10 +411,20 @@ class PushHandler:
         hub = self.hub
         if epoch is not None and epoch != hub.epoch:
             since = 0
+        client = self.clients[connection]
+        if (
+            channel not in client.subscriptions
+            and len(client.subscriptions) >= MAX_SUBSCRIPTIONS
+        ):
+            raise CommandError(
+                "too_many_subscriptions",
+                f"too many subscriptions: {len(client.subscriptions)}, the "
+                "maximum per connection; unsubscribe from one first",
+            )
         try:
             result = hub.stream(channel).events_after(since)
         except ValueError as exc:
-            raise CommandError("invalid_channel", str(exc)) from None
+            raise CommandError("too_many_channels", str(exc)) from None
         confirmation = {
             "type": "subscribed",
             "channel": channel,
@@ -401,7 +453,7 @@ class PushHandler:
     ) -> None:
         """Stop pushing a channel's events to ``connection``."""
         channel = _channel(command, DEFAULT_CHANNEL)
-        self.subscribers.get(channel, set()).discard(connection)
+        self._drop_subscriber(channel, connection)
         self.clients[connection].subscriptions.discard(channel)
         self.send([connection], {"type": "unsubscribed", "channel": channel})
 
@@ -444,13 +496,7 @@ class PushHandler:
                 f"not a member of {channel!r}; send "
                 f'{{"type": "join", "channel": "{channel}", "name": ...}} first',
             )
-        text = command.get("text")
-        if not isinstance(text, str) or not 1 <= len(text) <= MAX_TEXT_LENGTH:
-            raise CommandError(
-                "invalid_text",
-                f"invalid text: {str(text)[:40]!r}; send 1 to {MAX_TEXT_LENGTH} "
-                "characters of text",
-            )
+        text = check_text(command.get("text"))
         sender = {"id": client.id, "name": client.name}
         self.hub.publish({"from": sender, "text": text}, channel)
 

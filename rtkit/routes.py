@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import mimetypes
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -21,7 +22,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .echo import encode
-from .hub import DEFAULT_CHANNEL, check_channel
+from .hub import DEFAULT_CHANNEL, check_channel, short_repr
 
 __all__ = [
     "MAX_WAIT",
@@ -122,13 +123,17 @@ def resolve_static(url_path: str, root: Path = STATIC_DIR) -> Path | None:
         relative = unquote(url_path, errors="strict")
     except UnicodeDecodeError:
         return None
-    if "\x00" in relative or "\\" in relative:
+    if "\x00" in relative or "\\" in relative or relative.endswith("/"):
         return None
-    root = root.resolve()
-    candidate = (root / relative.lstrip("/")).resolve()
-    if relative.startswith("/") or not candidate.is_relative_to(root):
+    try:
+        root = root.resolve()
+        candidate = (root / relative.lstrip("/")).resolve()
+        if relative.startswith("/") or not candidate.is_relative_to(root):
+            return None
+        return candidate if candidate.is_file() else None
+    except OSError:
+        # For example a name longer than the file system allows.
         return None
-    return candidate if candidate.is_file() else None
 
 
 def static_response(path: Path, *, head: bool = False) -> Response:
@@ -139,6 +144,9 @@ def static_response(path: Path, *, head: bool = False) -> Response:
         content_type = guessed or "application/octet-stream"
     return http_response(HTTPStatus.OK, path.read_bytes(), content_type, head=head)
 
+
+SEQ_PATTERN = re.compile(r"[0-9]{1,18}")
+"""A sequence number in a query: ASCII digits, at most 18 of them."""
 
 MAX_WAIT = 30.0
 """The maximum long-poll wait in seconds, below common proxy idle timeouts."""
@@ -179,16 +187,13 @@ def parse_poll_query(query: str) -> PollQuery:
     """
     values = parse_qs(query, keep_blank_values=True)
     since_text = values.get("since", ["0"])[0]
-    try:
-        since = int(since_text)
-    except ValueError:
-        since = -1
-    if since < 0:
+    if not SEQ_PATTERN.fullmatch(since_text):
         raise InvalidParameter(
             "since",
-            f"invalid since: {since_text!r}; pass the last seq you received, "
-            "an integer >= 0 (0 for everything in the history)",
+            f"invalid since: {short_repr(since_text)}; pass the last seq you "
+            "received, an integer >= 0 (0 for everything in the history)",
         )
+    since = int(since_text)
     epoch = values.get("epoch", [None])[0] or None
     channel = values.get("channel", [DEFAULT_CHANNEL])[0]
     try:
@@ -205,7 +210,8 @@ def parse_poll_query(query: str) -> PollQuery:
     if not 0 <= wait <= MAX_WAIT:
         raise InvalidParameter(
             "wait",
-            f"invalid wait: {wait_text!r}; pass seconds from 0 to {MAX_WAIT:g} "
+            f"invalid wait: {short_repr(wait_text)}; pass seconds from 0 to "
+            f"{MAX_WAIT:g} "
             "(longer waits are cut by proxies), or leave it out for a short poll",
         )
     return PollQuery(since, wait, epoch, channel)
@@ -219,7 +225,8 @@ def route_name(path: str) -> str:
     """
     if path == "/":
         return "root"
-    first = path.split("/")[1]
+    parts = path.split("/")
+    first = parts[1] if len(parts) > 1 and not parts[0] else ""
     return first if first in ("static", "health", "poll") else "other"
 
 

@@ -41,7 +41,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import routes
-from .hub import DEFAULT_CHANNEL, DEFAULT_HISTORY_SIZE, Event, EventsAfter, Hub
+from .hub import (
+    DEFAULT_CHANNEL,
+    DEFAULT_HISTORY_SIZE,
+    DEFAULT_MAX_CHANNELS,
+    Event,
+    EventsAfter,
+    Hub,
+    short_repr,
+)
 from .logs import install_log_buffer
 from .origins import check_origin, normalize_origin
 from .push import DEFAULT_MAX_BUFFER, PushHandler, remote_address
@@ -209,6 +217,7 @@ class Server:
         static_dir: the folder served under ``/static/``.
         history_size: how many recent events the hub keeps for pollers and
             resuming clients.
+        max_channels: how many channels may exist at once.
         max_buffer: the maximum bytes waiting in one client's write buffer. A
             client that falls further behind is disconnected, so a client that
             stopped reading cannot grow the server's memory without bound.
@@ -228,16 +237,23 @@ class Server:
         static_dir: Path | str = routes.STATIC_DIR,
         history_size: int = DEFAULT_HISTORY_SIZE,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
     ) -> None:
         self.host = host
         self.requested_port = default_port() if port is None else _check_port(port)
-        self.hub = Hub(history_size)
+        self.hub = Hub(history_size, max_channels)
         """The event stream that polls and WebSocket subscribers read."""
         self.push = PushHandler(self.hub, max_buffer=max_buffer)
         self.handler: Handler = handler or self.push
         self.source: EventSource | None = None
         """The built-in event source, when :meth:`start_source` started one."""
         self.allowed_origins = frozenset(normalize_origin(o) for o in allowed_origins)
+        valid_size = isinstance(max_size, int) and not isinstance(max_size, bool)
+        if max_size is not None and not (valid_size and max_size >= 1):
+            raise ValueError(
+                f"invalid max_size: {max_size!r}; pass the largest message in "
+                "bytes, at least 1 (default 1048576), or None for no limit"
+            )
         self.max_size = max_size
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -466,6 +482,24 @@ class Server:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        try:
+            return await self._route(connection, request)
+        except Exception:
+            # websockets would answer "Failed to open a WebSocket connection",
+            # which misleads someone who asked for a page.
+            logger.exception(
+                "request %s from %s failed",
+                short_repr(request.path, 80),
+                remote_address(connection),
+            )
+            return routes.text_response(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "internal server error; the rtkit server log has the details",
+            )
+
+    async def _route(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = routes.request_path(request)
         if routes.is_upgrade(request):
             self.request_counts["upgrade"] += 1
@@ -547,11 +581,16 @@ class Server:
                 HTTPStatus.NOT_FOUND,
                 f"not found: {request.path}; open WebSockets on /ws or /",
             )
-        reason = check_origin(
-            request.headers.get("Origin"),
-            request.headers.get("Host"),
-            self.allowed_origins,
-        )
+        origins = request.headers.get_all("Origin")
+        hosts = request.headers.get_all("Host")
+        if len(origins) > 1 or len(hosts) > 1:
+            reason = "the request repeats its Origin or Host header"
+        else:
+            reason = check_origin(
+                origins[0] if origins else None,
+                hosts[0] if hosts else None,
+                self.allowed_origins,
+            )
         if reason is not None:
             logger.warning("rejected WebSocket upgrade from %s: %s", remote, reason)
             return routes.text_response(HTTPStatus.FORBIDDEN, f"forbidden: {reason}")

@@ -193,7 +193,7 @@ function explainFailedOpen(url, location, code, reason) {
   ];
   const originProblem = describeOriginProblem(location, url);
   if (originProblem !== null) {
-    lines.push(originProblem);
+    lines.push(`If the server is running, this is the likely cause: ${originProblem}`);
   }
   return lines;
 }

@@ -1401,10 +1401,10 @@ def test_chat_shows_server_errors(
     page.get_by_test_id("join").click()
 
     expect(chat_error).to_contain_text(
-        "server error (invalid_channel): too many channels"
+        "server error (too_many_channels): too many channels"
     )
     expect(log_texts(page, "error").last).to_contain_text(
-        "server error (invalid_channel): too many channels"
+        "server error (too_many_channels): too many channels"
     )
     expect(page.get_by_test_id("chat-state")).to_have_text(
         "Not in a channel. Enter a display name and press Join."
@@ -1419,9 +1419,11 @@ def test_chat_shows_server_errors(
     # A text over the server's limit of 4096 characters.
     send_chat(page, "x" * 4097)
 
+    # The server cuts the quoted value to 60 characters.
     message = (
-        "server error (invalid_text): invalid text: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-        "xxxxxxxx'; send 1 to 4096 characters of text"
+        "server error (invalid_text): invalid text: '"
+        + "x" * 56
+        + "...; send 1 to 4096 characters of text"
     )
     expect(chat_error).to_have_text(message)
     expect(chat_error).to_be_visible()

@@ -166,3 +166,27 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--max-size", "-5"], "invalid max_size: -5"),
+        (["--allow-origin", "not a url"], "invalid origin: 'not a url'"),
+        (["--max-channels", "0"], "invalid max_channels: 0"),
+        # A documentation address (RFC 5737): bind() fails locally, no traffic.
+        (["--host", "192.0.2.1"], "rtkit: cannot listen on 192.0.2.1"),
+    ],
+)
+def test_serve_invalid_option_exits_2(arguments: list[str], message: str) -> None:
+    result = subprocess.run(
+        serve_command("--port", "0", *arguments),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(10),
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

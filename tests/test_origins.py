@@ -71,7 +71,7 @@ def test_check_origin_rejection_names_fix() -> None:
 
 
 def test_normalize_origin_empty_raises() -> None:
-    with pytest.raises(ValueError, match="invalid origin: empty string"):
+    with pytest.raises(ValueError, match="invalid origin: ' '"):
         normalize_origin(" ")
 
 
@@ -136,5 +136,48 @@ def test_upgrade_allowed_origin_accepted() -> None:
                 server.ws_url, "https://hub.example.org"
             )
             assert welcome == rtkit.WELCOME
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [("http://[::1", "127.0.0.1:8765"), ("http://[zz]:1", "127.0.0.1:8765")],
+)
+def test_check_origin_malformed_rejected(origin: str, host: str) -> None:
+    assert check_origin(origin, host) is not None
+    assert check_origin("http://127.0.0.1:8765", "[::1") is not None
+
+
+@pytest.mark.parametrize("bad", ["not a url", "ftp://x", "http://", "http://a/b"])
+def test_normalize_origin_invalid_raises(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid origin"):
+        normalize_origin(bad)
+
+
+def test_upgrade_repeated_or_malformed_headers_403() -> None:
+    async def attempt(port: int, extra: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+        )
+        response = await asyncio.wait_for(reader.read(), timeout(2))
+        writer.close()
+        return response
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
+            cases = [
+                host + b"Origin: http://a.example\r\nOrigin: http://b.example\r\n",
+                host + host,
+                host + b"Origin: http://[::1\r\n",
+                b"Host: [::1\r\nOrigin: http://127.0.0.1\r\n",
+            ]
+            for extra in cases:
+                response = await attempt(server.port, extra)
+                assert response.startswith(b"HTTP/1.1 403"), (extra, response[:80])
 
     run(scenario())

@@ -210,3 +210,30 @@ def test_poll_channel_has_own_sequence() -> None:
             assert body["seq"] == 0
 
     run(scenario())
+
+
+def test_poll_long_polls_create_no_channels() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=3) as server:
+            for i in range(10):
+                status, _ = await poll(server, f"since=0&wait=0&channel=c{i}")
+                assert status == 200
+            assert server.hub.streams == {}
+            waiting = asyncio.create_task(poll(server, "since=0&wait=10&channel=late"))
+            await asyncio.sleep(0.2)
+            server.publish("first", channel="late")
+            _, body = await asyncio.wait_for(waiting, timeout(2))
+            assert [e["data"] for e in body["events"]] == ["first"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("since", ["%D9%A1%D9%A2", "1_0", "%2B5", "%205", "9" * 19])
+def test_poll_since_ascii_digits_only(since: str) -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            status, body = await poll(server, f"since={since}")
+            assert status == 400
+            assert body["parameter"] == "since"
+
+    run(scenario())

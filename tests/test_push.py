@@ -297,3 +297,72 @@ def test_chat_channel_limit_rejects_new_channels() -> None:
                 assert expected in reply["message"]
 
     run(scenario())
+
+
+def test_push_odd_json_gets_errors_and_stays_open() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                cases = [
+                    ('{"type": ["subscribe"]}', "unknown_type"),
+                    ('{"type": {"a": 1}}', "unknown_type"),
+                    (
+                        '{"type": "subscribe", "x": '
+                        + "[" * 100_000
+                        + "]" * 100_000
+                        + "}",
+                        "invalid_json",
+                    ),
+                    ('{"type": "subscribe", "epoch": [1]}', "invalid_epoch"),
+                    ('{"type": "subscribe", "since": 1e3}', "invalid_since"),
+                    (
+                        '{"type": "subscribe", "since": ' + "9" * 30 + "}",
+                        "invalid_since",
+                    ),
+                    (
+                        '{"type": "join", "channel": "c", "name": "'
+                        + "n" * 10_000
+                        + '"}',
+                        "invalid_name",
+                    ),
+                ]
+                for text, code in cases:
+                    await client.send(text)
+                    error = await receive_json(client)
+                    assert error["code"] == code, text[:60]
+                    assert len(error["message"]) < 300
+                join = {"type": "join", "channel": "lobby", "name": "ada"}
+                await client.send(json.dumps(join))
+                await receive_type(client, "presence")
+                await client.send(
+                    json.dumps({"type": "message", "channel": "lobby", "text": 12})
+                )
+                error = await receive_type(client, "error")
+                assert "invalid text: 12;" in error["message"]
+                await client.send("still open")
+                assert await client.recv() == "Server received: still open"
+
+    run(scenario())
+
+
+def test_push_subscription_and_channel_limits() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=200) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for i in range(65):
+                    await client.send(
+                        json.dumps({"type": "subscribe", "channel": f"c{i}"})
+                    )
+                    reply = await receive_json(client)
+                assert reply["code"] == "too_many_subscriptions"
+            server.hub.max_channels = 64
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                await client.send(json.dumps({"type": "subscribe", "channel": "new"}))
+                reply = await receive_json(client)
+                assert reply["code"] == "too_many_channels"
+            assert server.push.subscribers == {}
+
+    run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,34 @@ def test_websocket_upgrade_unknown_path_404() -> None:
             assert b"open WebSockets on /ws or /" in raised.value.response.body
 
     run(scenario())
+
+
+def raw_request(server: rtkit.Server, request: bytes) -> bytes:
+    """Send ``request`` as written and return the raw response."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout(2)) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/static/" + "a" * 5000, "/static/" + "a/" * 2000 + "x", "/static/client.html/"],
+)
+def test_static_odd_path_returns_404(live_server: rtkit.Server, path: str) -> None:
+    status, _, _ = fetch(live_server, path)
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [(b"GET health", b"404"), (b"GET *", b"404"), (b"OPTIONS *", b"405")],
+)
+def test_request_target_without_slash_no_500(
+    live_server: rtkit.Server, request_line: bytes, status: bytes
+) -> None:
+    response = raw_request(live_server, request_line + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.split(b" ", 2)[1] == status
+    assert b"Failed to open a WebSocket connection" not in response

@@ -283,3 +283,9 @@ def test_restart_keeps_event_source_running() -> None:
             assert server.hub.latest > 0
 
     run(scenario())
+
+
+@pytest.mark.parametrize("size", [0, -5, 1.5, True])
+def test_server_invalid_max_size_raises(size: object) -> None:
+    with pytest.raises(ValueError, match="invalid max_size"):
+        rtkit.Server(port=0, max_size=size)  # type: ignore[arg-type]
