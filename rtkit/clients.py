@@ -23,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 __all__ = [
+    "Backoff",
     "ByteCounter",
     "Delivery",
     "Follower",
@@ -308,14 +311,50 @@ def _counting_connection(counter: ByteCounter) -> type[ClientConnection]:
     return CountingConnection
 
 
+@dataclass
+class Backoff:
+    """Delays between reconnection attempts: exponential, capped, full jitter.
+
+    Attempt ``n`` (from 0) waits a random time between 0 and
+    ``min(cap, base * 2**n)`` seconds. The randomness spreads out clients that
+    lost their connection at the same moment, for example in a server restart,
+    so they do not all come back at once. :meth:`reset` starts over after a
+    connection that stayed up for ``stable_after`` seconds.
+    """
+
+    base: float = 0.5
+    cap: float = 30.0
+    stable_after: float = 10.0
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        """Return the next delay in seconds and count the attempt."""
+        ceiling = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return self.rng.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        """Start over from the shortest delays."""
+        self.attempt = 0
+
+
 class WebSocketSubscriber(StreamClient):
     """Subscribe over WebSocket and receive every event as the server pushes it.
+
+    With ``reconnect``, a lost connection is opened again after a delay from
+    ``backoff``, and the subscription resumes after the last ``seq`` received,
+    in the same epoch, so events still in the server's history arrive once
+    each. A new epoch (the server restarted) is counted in
+    ``follower.restarts`` and followed from its first event.
 
     Args:
         url: the server's URL, e.g. ``server.url`` (``/ws`` is appended).
         name: label in results and logs.
         compression: ``"deflate"`` to negotiate permessage-deflate; the default
             ``None`` sends frames as they are, like the uncompressed polls.
+        reconnect: open the connection again when it is lost.
+        backoff: the delays between attempts; a default :class:`Backoff`.
     """
 
     def __init__(
@@ -323,10 +362,17 @@ class WebSocketSubscriber(StreamClient):
         url: str,
         name: str = "WebSocket",
         compression: str | None = None,
+        *,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         super().__init__(url, name)
         self.compression = compression
         self.connected = asyncio.Event()
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.reconnects = 0
+        """Connections opened again after a loss."""
 
     @property
     def ws_url(self) -> str:
@@ -334,6 +380,24 @@ class WebSocketSubscriber(StreamClient):
         return f"ws://{self.host}:{self.port}{self.prefix}/ws"
 
     async def _run(self) -> None:
+        while True:
+            opened = time.monotonic()
+            try:
+                await self._follow()
+            except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
+                if not self.reconnect:
+                    raise
+                logger.info("%s: connection lost: %s", self.follower.name, exc)
+            else:
+                if not self.reconnect:
+                    return
+            self.connected.clear()
+            if time.monotonic() - opened >= self.backoff.stable_after:
+                self.backoff.reset()
+            await asyncio.sleep(self.backoff.next_delay())
+            self.reconnects += 1
+
+    async def _follow(self) -> None:
         follower = self.follower
         async with connect(
             self.ws_url,
