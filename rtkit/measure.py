@@ -1,10 +1,10 @@
 """Run the three transports side by side on one event stream and measure them.
 
 :func:`compare_transports` starts a short poller, a long poller and a WebSocket
-subscriber against one server, lets the server's event source publish for a
-while, and returns a :class:`Comparison`: per transport, every event's delivery
-latency, the requests made, empty responses, bytes on the wire both ways, and
-events missed or duplicated. :func:`measure_poll_load` counts the requests a
+subscriber against one server and lets the server's event source publish for
+a while. It returns a :class:`Comparison` with, per transport, every event's
+delivery latency, the requests made, empty responses, bytes on the wire both
+ways, and events missed or duplicated. :func:`measure_poll_load` counts the requests a
 group of short pollers puts on the server, to compare with the formula
 ``clients / interval``.
 

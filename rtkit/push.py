@@ -251,7 +251,8 @@ class PushHandler:
         """Write ``message`` to ``connections`` without waiting on any of them.
 
         ``broadcast()`` skips connections that are closing and never waits on
-        a slow one, so one stalled client cannot delay the others.
+        a slow one, so one stalled client cannot delay the others. A client
+        with more than ``max_buffer`` bytes still unsent is disconnected first.
         """
         connections = [c for c in connections if not self._fell_behind(c)]
         if not connections:

@@ -485,7 +485,7 @@ class Server:
         try:
             return await self._route(connection, request)
         except Exception:
-            # websockets would answer "Failed to open a WebSocket connection",
+            # websockets would respond "Failed to open a WebSocket connection",
             # which misleads someone who asked for a page.
             logger.exception(
                 "request %s from %s failed",
