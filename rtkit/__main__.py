@@ -31,18 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve the browser client, /health and WebSocket on one port"
     )
+
     serve.add_argument(
         "--host",
         default=DEFAULT_HOST,
         help="address to bind (default: %(default)s; 0.0.0.0 exposes the server "
         "to the network)",
     )
+
     serve.add_argument(
         "--port",
         type=int,
         default=None,
         help="port to bind (default: RTKIT_PORT or 8765; 0 picks a free port)",
     )
+
     serve.add_argument(
         "--allow-origin",
         action="append",
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "https://hub.example.org, or null for pages opened from files "
         "(repeatable)",
     )
+
     serve.add_argument(
         "--max-size",
         type=int,
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest incoming message in bytes; larger ones close with 1009 "
         "(default: %(default)s)",
     )
+
     serve.add_argument(
         "--rate",
         type=float,
@@ -68,12 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the built-in event source at this rate, so the page's "
         "transports have events to show (default: no source)",
     )
+
     serve.add_argument(
         "--poisson",
         action="store_true",
         help="with --rate: random gaps between events (a Poisson process) "
         "instead of fixed ones",
     )
+
     serve.add_argument(
         "--history",
         type=int,
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVENTS",
         help="events kept for pollers and resuming clients (default: %(default)s)",
     )
+
     serve.add_argument(
         "--max-channels",
         type=int,
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COUNT",
         help="channels that may exist at once (default: %(default)s)",
     )
+
     return parser
 
 

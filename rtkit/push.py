@@ -409,9 +409,11 @@ class PushHandler:
     def _subscribe(
         self, connection: ServerConnection, channel: str, since: int, epoch: Any
     ) -> None:
+        """Replay the events of ``channel`` after ``since``, then push new ones."""
         hub = self.hub
         if epoch is not None and epoch != hub.epoch:
             since = 0
+
         client = self.clients[connection]
         if (
             channel not in client.subscriptions
@@ -426,6 +428,7 @@ class PushHandler:
             result = hub.stream(channel).events_after(since)
         except ValueError as exc:
             raise CommandError("too_many_channels", str(exc)) from None
+
         confirmation = {
             "type": "subscribed",
             "channel": channel,
@@ -439,11 +442,12 @@ class PushHandler:
         for event in result.events:
             self.send([connection], event.envelope(hub.epoch))
         self.subscribers.setdefault(channel, set()).add(connection)
-        self.clients[connection].subscriptions.add(channel)
+        client.subscriptions.add(channel)
+
         if result.missed:
             logger.info(
                 "client %s resumed %s after seq %d and missed %d events",
-                self.clients[connection].id,
+                client.id,
                 channel,
                 since,
                 result.missed,
@@ -470,16 +474,23 @@ class PushHandler:
         self.send_presence(channel)
         self.notify("change", client)
 
+    def _member(self, connection: ServerConnection, channel: str, fix: str) -> Client:
+        """Return the client of ``connection`` if it joined ``channel``.
+
+        Raises:
+            CommandError: ``not_joined``, ending with ``fix``.
+        """
+        client = self.clients[connection]
+        if channel not in client.channels:
+            raise CommandError("not_joined", f"not a member of {channel!r}; {fix}")
+        return client
+
     async def leave(
         self, connection: ServerConnection, command: dict[str, Any]
     ) -> None:
         """Leave a channel: unsubscribe and leave its presence list."""
         channel = _channel(command)
-        client = self.clients[connection]
-        if channel not in client.channels:
-            raise CommandError(
-                "not_joined", f"not a member of {channel!r}; nothing to leave"
-            )
+        client = self._member(connection, channel, "nothing to leave")
         client.channels.discard(channel)
         await self.unsubscribe(connection, command)
         self.send_presence(channel)
@@ -490,13 +501,8 @@ class PushHandler:
     ) -> None:
         """Publish a chat message to a channel the sender has joined."""
         channel = _channel(command)
-        client = self.clients[connection]
-        if channel not in client.channels:
-            raise CommandError(
-                "not_joined",
-                f"not a member of {channel!r}; send "
-                f'{{"type": "join", "channel": "{channel}", "name": ...}} first',
-            )
+        join = f'{{"type": "join", "channel": "{channel}", "name": ...}}'
+        client = self._member(connection, channel, f"send {join} first")
         text = check_text(command.get("text"))
         sender = {"id": client.id, "name": client.name}
         self.hub.publish({"from": sender, "text": text}, channel)

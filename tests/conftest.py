@@ -8,11 +8,15 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 import rtkit
+
+if TYPE_CHECKING:
+    from jupyter_client.blocking.client import BlockingKernelClient
 
 T = TypeVar("T")
 
@@ -98,6 +102,17 @@ class ThreadedServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout(5))
         self.loop.close()
+
+
+@pytest.fixture
+def kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlockingKernelClient]:
+    """A client of a fresh ``python3`` kernel, shut down after the test."""
+    from .kernels import running_kernel
+
+    with running_kernel(tmp_path, monkeypatch) as client:
+        yield client
 
 
 @pytest.fixture

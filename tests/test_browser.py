@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -29,7 +28,6 @@ from playwright.sync_api import (
     Route,
     WebSocketRoute,
     expect,
-    sync_playwright,
 )
 from websockets.asyncio.server import ServerConnection
 
@@ -38,9 +36,9 @@ from rtkit.hub import DEFAULT_CHANNEL
 from rtkit.routes import STATIC_DIR
 from rtkit.widgets import ControlPanel
 
-from .browsers import CHROMIUM, CHROMIUM_ARGS
+from .browsers import launched_chromium
 from .conftest import ThreadedServer, free_port, timeout
-from .kernels import drain_iopub, execute, running_kernel
+from .kernels import drain_iopub, execute
 
 pytestmark = pytest.mark.browser
 
@@ -54,26 +52,10 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium, started once per module.
-
-    Playwright's launch() (checked with 1.65) gives Chromium a fresh temporary
-    --user-data-dir and deletes it on close.
-    """
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"Chromium not found at {CHROMIUM}. Install Debian's chromium package "
-            "to run the browser tests."
-        )
+    """Headless Chromium, started once per module."""
     expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            timeout=timeout(30) * 1000,
-        )
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -1572,15 +1554,6 @@ CHAT_CLOSE = re.compile(
     r"disconnected: (client closed with 1001 \(going away\)|connection lost, )"
 )
 """How the server logs a tab that was closed, reloaded or dropped."""
-
-
-@pytest.fixture
-def kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[BlockingKernelClient]:
-    """A client of a fresh ``python3`` kernel, shut down after the test."""
-    with running_kernel(tmp_path, monkeypatch) as client:
-        yield client
 
 
 @pytest.mark.kernel

@@ -32,6 +32,17 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rtkit", "serve", *args]
 
 
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m rtkit serve`` with ``args`` to completion, bounded."""
+    return subprocess.run(
+        serve_command(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(10),
+    )
+
+
 class ServeProcess:
     """``python -m rtkit serve`` in a subprocess, its output written to a file.
 
@@ -155,13 +166,7 @@ def test_serve_port_in_use_exits_2() -> None:
     ],
 )
 def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
-    result = subprocess.run(
-        serve_command("--port", port),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout(10),
-    )
+    result = run_serve("--port", port)
 
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -179,13 +184,7 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
     ],
 )
 def test_serve_invalid_option_exits_2(arguments: list[str], message: str) -> None:
-    result = subprocess.run(
-        serve_command("--port", "0", *arguments),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout(10),
-    )
+    result = run_serve("--port", "0", *arguments)
 
     assert result.returncode == 2, result.stderr
     assert message in result.stderr

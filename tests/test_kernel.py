@@ -10,8 +10,6 @@ import asyncio
 import json
 import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
@@ -20,7 +18,7 @@ from websockets.asyncio.client import connect
 import rtkit
 
 from .conftest import can_bind, free_port, run, timeout
-from .kernels import execute, running_kernel
+from .kernels import execute
 
 pytestmark = pytest.mark.kernel
 
@@ -29,15 +27,6 @@ START_CELL = "import rtkit\nserver = await rtkit.start(port={port})"
 # An opener without proxies, so requests to 127.0.0.1 never leave the machine
 # even when http_proxy is set.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture
-def kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[BlockingKernelClient]:
-    """A client of a fresh ``python3`` kernel, shut down after the test."""
-    with running_kernel(tmp_path, monkeypatch) as client:
-        yield client
 
 
 async def exchange(url: str, text: str) -> tuple[str, str]:

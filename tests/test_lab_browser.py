@@ -32,13 +32,12 @@ from playwright.sync_api import (
     Page,
     Route,
     expect,
-    sync_playwright,
 )
 from websockets.sync.client import ClientConnection, connect
 
 import rtkit
 
-from .browsers import CHROMIUM, CHROMIUM_ARGS
+from .browsers import launched_chromium
 from .conftest import free_port, timeout
 from .jupyter import Lab, running_lab
 
@@ -142,22 +141,8 @@ def connection_refused(port: int) -> bool:
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     """Headless Chromium, closed after the test."""
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"Chromium not found at {CHROMIUM}. Install Debian's chromium package "
-            "to run the browser tests."
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            timeout=timeout(30) * 1000,
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @contextmanager
