@@ -7,7 +7,7 @@ host but the test servers on loopback, and from a first-run setup.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +28,12 @@ CHROMIUM_ARGS = [
 
 
 @contextmanager
-def launched_chromium() -> Iterator[Browser]:
+def launched_chromium(extra_args: Sequence[str] = ()) -> Iterator[Browser]:
     """Launch headless Chromium and close it on exit; skip the test without it.
 
     Playwright's launch() (checked with 1.65) gives Chromium a fresh temporary
-    --user-data-dir and deletes it on close.
+    --user-data-dir and deletes it on close. ``extra_args`` are appended to
+    :data:`CHROMIUM_ARGS`, for example a certificate pin.
     """
     if not CHROMIUM.exists():
         pytest.skip(
@@ -42,7 +43,7 @@ def launched_chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
+            args=[*CHROMIUM_ARGS, *extra_args],
             headless=True,
             timeout=timeout(30) * 1000,
         )
