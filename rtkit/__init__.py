@@ -7,6 +7,7 @@ Start the in-kernel server from a notebook cell with top-level ``await``::
     await rtkit.stop()
 """
 
+from .auth import TokenAuth
 from .echo import WELCOME, echo, echo_reply
 from .logs import install_log_buffer, recent_logs
 from .origins import check_origin
@@ -30,6 +31,7 @@ __all__ = [
     "Handshake",
     "PortInUseError",
     "Server",
+    "TokenAuth",
     "check_origin",
     "default_port",
     "describe_close",

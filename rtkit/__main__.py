@@ -1,8 +1,11 @@
-"""Command line: ``python -m rtkit serve [--host H] [--port P]``.
+"""Command line: ``python -m rtkit serve [--host H] [--port P] ...`` and ``cert``.
 
-Runs the same server the notebooks start in the kernel, so ``static/client.html``
-works without Jupyter. Ctrl-C (SIGINT) or SIGTERM closes every connection with
-1001, frees the port and exits with status 0.
+``serve`` runs the same server the notebooks start in the kernel, so
+``static/client.html`` works without Jupyter. Ctrl-C (SIGINT) or SIGTERM closes
+every connection with 1001, frees the port and exits with status 0. ``cert``
+writes a local certificate authority and a server certificate for
+``serve --certfile/--keyfile`` (see :mod:`rtkit.tls`). Invalid options exit
+with status 2 and a message naming the option and the fix.
 """
 
 from __future__ import annotations
@@ -10,16 +13,75 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
+import os
 import signal
+import ssl
 import sys
 
+from . import routes
+from .auth import AUTH_METHODS, TokenAuth
 from .hub import DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CHANNELS
-from .server import DEFAULT_HOST, PortInUseError, Server
+from .push import DEFAULT_MAX_BUFFER, DEFAULT_MAX_RATE
+from .server import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, PortInUseError, Server
 from .source import EventSource
 
 __all__ = ["main"]
 
 logger = logging.getLogger("rtkit.cli")
+
+
+def count_or_zero(text: str) -> int | None:
+    """Parse a count for argparse: a positive integer, or 0 for no limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a positive integer, or 0 for no limit"
+        )
+    return value or None
+
+
+def rate_or_zero(text: str) -> float | None:
+    """Parse a rate for argparse: a positive number, or 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a number of messages per second "
+            "above 0, or 0 for no limit"
+        )
+    return value or None
+
+
+def seconds(text: str) -> float:
+    """Parse a duration for argparse: seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a number of seconds above 0"
+        )
+    return value
+
+
+def seconds_or_zero(text: str) -> float | None:
+    """Parse a duration for argparse: seconds above 0, or 0 to disable."""
+    if text.strip() in ("0", "0.0"):
+        return None
+    try:
+        return seconds(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a number of seconds above 0, or 0 "
+            "to turn it off"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve the browser client, /health and WebSocket on one port"
     )
+    add_serve_arguments(serve)
+    add_limit_arguments(serve)
+    add_security_arguments(serve)
+
+    cert = commands.add_parser(
+        "cert",
+        help="create a local certificate authority and a server certificate "
+        "for serve --certfile/--keyfile",
+    )
+    cert.add_argument(
+        "--dir",
+        default=None,
+        metavar="DIR",
+        help="folder for ca.pem, server.pem and server-key.pem (default: "
+        "~/.rtkit/tls); valid existing files are reused",
+    )
+    return parser
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """Add the address, origin and event source options of ``serve``."""
 
     serve.add_argument(
         "--host",
@@ -97,7 +180,110 @@ def build_parser() -> argparse.ArgumentParser:
         help="channels that may exist at once (default: %(default)s)",
     )
 
-    return parser
+
+def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
+    """Add the resource limit and keepalive options of ``serve``."""
+    serve.add_argument(
+        "--max-connections",
+        type=count_or_zero,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="COUNT",
+        help="WebSocket connections open at once; further upgrades get HTTP 503 "
+        "with Retry-After (default: %(default)s; 0 for no limit)",
+    )
+    serve.add_argument(
+        "--max-rate",
+        type=rate_or_zero,
+        default=DEFAULT_MAX_RATE,
+        metavar="MESSAGES_PER_SECOND",
+        help="messages per second one connection may send; a faster one is "
+        "closed with 1008 (default: %(default)g; 0 for no limit)",
+    )
+    serve.add_argument(
+        "--max-wait",
+        type=seconds,
+        default=routes.MAX_WAIT,
+        metavar="SECONDS",
+        help="maximum long-poll wait in seconds that a client may request "
+        "(default: %(default)g)",
+    )
+    serve.add_argument(
+        "--max-buffer",
+        type=int,
+        default=DEFAULT_MAX_BUFFER,
+        metavar="BYTES",
+        help="bytes that may wait in one client's write buffer before "
+        "--slow-policy applies (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--slow-policy",
+        choices=("drop", "discard"),
+        default="drop",
+        help="what happens to a client over --max-buffer: drop its connection, "
+        "or discard messages for it until it catches up (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--ping-interval",
+        type=seconds_or_zero,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds between keepalive pings (default: %(default)g; 0 turns "
+        "keepalive off)",
+    )
+    serve.add_argument(
+        "--ping-timeout",
+        type=seconds_or_zero,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds to wait for a pong before closing with 1011 (default: "
+        "%(default)g; 0 waits forever)",
+    )
+
+
+def add_security_arguments(serve: argparse.ArgumentParser) -> None:
+    """Add the Origin, token, TLS and access log options of ``serve``."""
+    serve.add_argument(
+        "--no-origin-check",
+        dest="check_origin",
+        action="store_false",
+        help="accept WebSocket upgrades from pages of any origin and requests "
+        "under any Host name; any web page open in a browser on this machine "
+        "can then connect",
+    )
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("RTKIT_TOKEN") or None,
+        help="require this token from WebSocket clients and /poll (default: "
+        "RTKIT_TOKEN when set, which keeps it out of the process list)",
+    )
+    serve.add_argument(
+        "--auth-via",
+        choices=AUTH_METHODS,
+        default=None,
+        help="how WebSocket clients send the token: ?token= in the URL, a first "
+        "message, or a cookie from GET /login (default: query); without "
+        "--token, a random token is printed at start",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per HTTP request, upgrades included, with the full "
+        "URL (so a token in ?token= shows up in the log)",
+    )
+    serve.add_argument(
+        "--certfile",
+        default=None,
+        metavar="FILE",
+        help="serve https:// and wss:// with this PEM certificate (chain), e.g. "
+        "server.pem from `python -m rtkit cert`",
+    )
+    serve.add_argument(
+        "--keyfile",
+        default=None,
+        metavar="FILE",
+        help="the PEM private key of --certfile, unless the certificate file "
+        "contains it",
+    )
 
 
 async def serve_until_stopped(
@@ -119,14 +305,51 @@ async def serve_until_stopped(
         await stop_requested.wait()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def load_server_context(
+    certfile: str | None, keyfile: str | None
+) -> ssl.SSLContext | None:
+    """Return a server TLS context from ``--certfile`` and ``--keyfile``, if given.
+
+    Raises:
+        ValueError: if the files are missing, unreadable or do not match.
+    """
+    if certfile is None:
+        if keyfile is not None:
+            raise ValueError(
+                "--keyfile needs --certfile; pass the certificate too, e.g. "
+                "--certfile server.pem --keyfile server-key.pem"
+            )
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot load the certificate {certfile!r}"
+            + (f" with the key {keyfile!r}" if keyfile else "")
+            + f": {exc}; check --certfile and --keyfile, or create both with "
+            "`python -m rtkit cert`"
+        ) from None
+    return context
+
+
+def build_auth(token: str | None, via: str | None) -> TokenAuth | None:
+    """Return the :class:`TokenAuth` that ``--token`` and ``--auth-via`` ask for.
+
+    A random token is generated when only ``--auth-via`` is given, and
+    printed, because clients need it.
+    """
+    if token is None and via is None:
+        return None
+    auth = TokenAuth(token, via or "query")  # type: ignore[arg-type]
+    if token is None:
+        print(f"rtkit: clients must send this token: {auth.token}", flush=True)
+    return auth
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run ``python -m rtkit serve`` and return the exit status."""
     try:
         server = Server(
             args.host,
@@ -135,6 +358,17 @@ def main(argv: list[str] | None = None) -> int:
             max_size=args.max_size,
             history_size=args.history,
             max_channels=args.max_channels,
+            max_connections=args.max_connections,
+            max_rate=args.max_rate,
+            max_wait=args.max_wait,
+            max_buffer=args.max_buffer,
+            slow_policy=args.slow_policy,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+            check_origin=args.check_origin,
+            auth=build_auth(args.token, args.auth_via),
+            ssl=load_server_context(args.certfile, args.keyfile),
+            access_log=args.access_log,
         )
         if args.rate is not None:
             # Validate before binding, so a bad rate never leaves a half-started server.
@@ -151,6 +385,58 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return 0
+
+
+def cert(args: argparse.Namespace) -> int:
+    """Run ``python -m rtkit cert`` and return the exit status."""
+    try:
+        # Imported here, so that serve works even where cryptography is missing.
+        from .tls import DEFAULT_DIRECTORY, LocalCA
+    except ImportError as exc:
+        print(
+            f"rtkit: cannot create certificates: {exc}; install the cryptography "
+            "package (pip install 'cryptography>=42')",
+            file=sys.stderr,
+        )
+        return 2
+
+    directory = DEFAULT_DIRECTORY if args.dir is None else args.dir
+    try:
+        ca = LocalCA.create(directory)
+        spki = ca.spki_sha256()
+    except (OSError, ValueError) as exc:
+        print(
+            f"rtkit: cannot create certificates in {directory}: {exc}; pass a "
+            "writable folder with --dir",
+            file=sys.stderr,
+        )
+        return 2
+
+    print(f"CA certificate:     {ca.ca_file}")
+    print(f"server certificate: {ca.cert_file}")
+    print(f"server key:         {ca.key_file}")
+    print(f"valid until:        {ca.not_valid_after().isoformat(timespec='seconds')}")
+    print()
+    print("serve with TLS:")
+    print(f"  python -m rtkit serve --certfile {ca.cert_file} --keyfile {ca.key_file}")
+    print("trust the CA:")
+    print(f"  Python:   ssl=rtkit.tls.LocalCA({str(ca.directory)!r}).client_context()")
+    print(f"  curl:     curl --cacert {ca.ca_file} https://127.0.0.1:8765/health")
+    print(f"  Chromium: --ignore-certificate-errors-spki-list={spki}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command == "cert":
+        return cert(args)
+    return serve(args)
 
 
 if __name__ == "__main__":

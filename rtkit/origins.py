@@ -25,7 +25,7 @@ import ipaddress
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
-__all__ = ["LOOPBACK_HOSTS", "check_origin", "normalize_origin"]
+__all__ = ["LOOPBACK_HOSTS", "check_host", "check_origin", "normalize_origin"]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -151,3 +151,44 @@ def check_origin(
             f"machine (DNS rebinding); {allow_hint}"
         )
     return None
+
+
+def check_host(host: str | None, allowed_origins: Collection[str] = ()) -> str | None:
+    """Decide whether a plain HTTP request may proceed, judged by its ``Host``.
+
+    A page on another site can read this server's responses after DNS
+    rebinding: the browser treats the rebound name as the page's own origin,
+    so it sends no ``Origin`` on a GET and lets the page read the response.
+    The request still names the attacker's DNS name in ``Host``, so a
+    ``Host`` that is neither an IP address, ``localhost``, nor the host of
+    an entry of ``allowed_origins`` is rejected.
+
+    Args:
+        host: value of the request's ``Host`` header, or ``None`` if absent
+            (an HTTP/1.0 client, never a browser).
+        allowed_origins: extra origins accepted, normalized with
+            :func:`normalize_origin`; their host names are accepted in ``Host``.
+
+    Returns:
+        ``None`` if the request is accepted, otherwise the reason for rejecting
+        it, written for the person who has to fix it.
+    """
+    if host is None:
+        return None
+    request_host = _split_host_header(host, 80)
+    if request_host is None:
+        return f"Host header {host!r} is not a valid host[:port]"
+    host_name = request_host[0]
+    if _is_ip_or_localhost(host_name):
+        return None
+    allowed_hosts = {
+        urlsplit(origin).hostname for origin in allowed_origins if origin != "null"
+    }
+    if host_name in allowed_hosts:
+        return None
+    return (
+        f"Host {host!r} is a DNS name, which another site can point at this "
+        f"machine (DNS rebinding); to serve this server under that name, allow "
+        f"its origin with allowed_origins=['http://{host}'] or "
+        f"`python -m rtkit serve --allow-origin http://{host}`"
+    )

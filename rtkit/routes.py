@@ -174,11 +174,12 @@ class PollQuery:
     """The channel whose events are requested."""
 
 
-def parse_poll_query(query: str) -> PollQuery:
+def parse_poll_query(query: str, max_wait: float = MAX_WAIT) -> PollQuery:
     """Parse ``since``, ``wait``, ``epoch`` and ``channel`` from a ``/poll`` query.
 
-    ``since`` defaults to 0. ``wait``, in seconds from 0 to :data:`MAX_WAIT`,
-    makes the request a long poll. ``epoch``, when given and not the server's
+    ``since`` defaults to 0. ``wait``, in seconds from 0 to ``max_wait``
+    (the server's cap, :data:`MAX_WAIT` by default), makes the request a long
+    poll. ``epoch``, when given and not the server's
     current one, makes the server respond as if ``since`` were 0. ``channel``
     defaults to ``events``.
 
@@ -207,27 +208,31 @@ def parse_poll_query(query: str) -> PollQuery:
         wait = float(wait_text)
     except ValueError:
         wait = math.nan
-    if not 0 <= wait <= MAX_WAIT:
+    if not 0 <= wait <= max_wait:
         raise InvalidParameter(
             "wait",
             f"invalid wait: {short_repr(wait_text)}; pass seconds from 0 to "
-            f"{MAX_WAIT:g} "
-            "(longer waits are cut by proxies), or leave it out for a short poll",
+            f"{max_wait:g}, the server's max_wait (longer waits are cut by "
+            "proxies), or leave it out for a short poll",
         )
     return PollQuery(since, wait, epoch, channel)
+
+
+ROUTE_NAMES = frozenset({"static", "health", "poll", "login", "ws"})
 
 
 def route_name(path: str) -> str:
     """Return the route ``path`` belongs to, for counting requests.
 
-    One of ``root``, ``static``, ``health``, ``poll`` or ``other``; the set is
-    fixed so that unknown paths cannot grow a counter without bound.
+    One of ``root``, ``static``, ``health``, ``poll``, ``login``, ``ws``
+    (plain requests to the WebSocket endpoint, not upgrades) or ``other``; the
+    set is fixed so that unknown paths cannot grow a counter without bound.
     """
     if path == "/":
         return "root"
     parts = path.split("/")
     first = parts[1] if len(parts) > 1 and not parts[0] else ""
-    return first if first in ("static", "health", "poll") else "other"
+    return first if first in ROUTE_NAMES else "other"
 
 
 def request_path(request: Request) -> str:

@@ -17,6 +17,11 @@ or as an asynchronous context manager::
 Starting is idempotent per port: starting on a port where an earlier rtkit
 server of this process listens stops that server first, so re-running a start
 cell replaces the server instead of failing with "address already in use".
+
+For reconnection experiments, ``await server.kill()`` simulates a crash: every
+connection drops without a close frame. ``await server.start(keep_history=True)``
+then brings the server back with its epoch and events, as if it had stored them
+in a durable log, so clients can resume without losing events.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import time
 from collections import Counter, deque
@@ -31,8 +37,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
-from typing import Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server as WebSocketServer
@@ -40,7 +47,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import routes
+from . import origins, routes
+from .auth import TokenAuth, unauthorized
 from .hub import (
     DEFAULT_CHANNEL,
     DEFAULT_HISTORY_SIZE,
@@ -51,12 +59,13 @@ from .hub import (
     short_repr,
 )
 from .logs import install_log_buffer
-from .origins import check_origin, normalize_origin
-from .push import DEFAULT_MAX_BUFFER, PushHandler, remote_address
+from .origins import normalize_origin
+from .push import DEFAULT_MAX_BUFFER, DEFAULT_MAX_RATE, PushHandler, remote_address
 from .source import EventSource
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_PORT",
     "Handler",
     "Handshake",
@@ -70,9 +79,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("rtkit.server")
+access_logger = logging.getLogger("rtkit.access")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+DEFAULT_MAX_CONNECTIONS = 1000
+"""WebSocket connections open at once before upgrades get 503."""
+RETRY_AFTER = 5
+"""Seconds a client rejected by a full server should wait, sent as Retry-After."""
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 """A WebSocket connection handler, as websockets' ``serve`` takes it."""
@@ -129,6 +143,44 @@ def _check_port(port: int) -> int:
             "(0 picks a free port)"
         )
     return port
+
+
+def _check_max_connections(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"invalid max_connections: {value!r}; pass a positive integer, e.g. "
+            f"{DEFAULT_MAX_CONNECTIONS}, or None for no limit"
+        )
+    return value
+
+
+def _check_max_wait(value: object) -> float:
+    valid = isinstance(value, int | float) and not isinstance(value, bool)
+    if not valid or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(
+            f"invalid max_wait: {value!r}; pass the maximum long-poll wait in "
+            f"seconds, above 0, e.g. {routes.MAX_WAIT:g}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _check_optional_seconds(name: str, value: object, none_means: str) -> float | None:
+    if value is None:
+        return None
+    valid = isinstance(value, int | float) and not isinstance(value, bool)
+    if not valid or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(
+            f"invalid {name}: {value!r}; pass seconds above 0, or {none_means}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}: {value!r}; pass True or False")
+    return value
 
 
 class PortInUseError(OSError):
@@ -218,9 +270,38 @@ class Server:
         history_size: how many recent events the hub keeps for pollers and
             resuming clients.
         max_channels: how many channels may exist at once.
-        max_buffer: the maximum bytes waiting in one client's write buffer. A
-            client that falls further behind is disconnected, so a client that
-            stopped reading cannot grow the server's memory without bound.
+        max_buffer: the maximum bytes waiting in one client's write buffer.
+            What happens to a client further behind is set by ``slow_policy``,
+            so a client that stopped reading cannot grow the server's memory
+            without bound.
+        max_connections: WebSocket connections open at once; a further
+            upgrade gets HTTP 503 with ``Retry-After: 5``. ``None`` disables
+            the limit.
+        max_rate: messages per second one connection may send, with bursts
+            of up to one second's worth; a faster client is closed with 1008.
+            ``None`` disables the limit. Applies to the default handler only.
+        max_wait: the maximum long-poll ``wait`` in seconds; a request for
+            more gets HTTP 400 naming this cap.
+        slow_policy: what happens to a client over ``max_buffer``: ``"drop"``
+            aborts its connection (it reconnects and resumes from the
+            history), ``"discard"`` keeps it and skips messages for it until
+            it catches up (it sees a gap in ``seq``). Default handler only.
+        check_origin: whether to reject upgrades from pages of other origins,
+            and HTTP requests whose ``Host`` is a DNS name that
+            ``allowed_origins`` does not list (DNS rebinding; see
+            :mod:`rtkit.origins`). ``False`` lets any web page the
+            browser shows connect, which the cross-site hijacking lesson
+            demonstrates; it logs a warning at start.
+        auth: a token that WebSocket clients and ``/poll`` must present;
+            ``None`` leaves the server open.
+        ssl: serve ``https://`` and ``wss://`` with this context, for example
+            :meth:`rtkit.tls.LocalCA.server_context`; ``None`` for plain
+            ``http://`` and ``ws://``.
+        access_log: log one INFO line per HTTP request, upgrades included,
+            to the ``rtkit.access`` logger, with the full request target.
+
+    Raises:
+        ValueError: if an option is out of range, naming it and the fix.
     """
 
     def __init__(
@@ -238,12 +319,44 @@ class Server:
         history_size: int = DEFAULT_HISTORY_SIZE,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+        max_rate: float | None = DEFAULT_MAX_RATE,
+        max_wait: float = routes.MAX_WAIT,
+        slow_policy: Literal["drop", "discard"] = "drop",
+        check_origin: bool = True,
+        auth: TokenAuth | None = None,
+        ssl: SSLContext | None = None,
+        access_log: bool = False,
     ) -> None:
         self.host = host
         self.requested_port = default_port() if port is None else _check_port(port)
+        self.max_connections = _check_max_connections(max_connections)
+        self.max_wait = _check_max_wait(max_wait)
+        self.check_origin = _check_flag("check_origin", check_origin)
+        self.access_log = _check_flag("access_log", access_log)
+        if auth is not None and not isinstance(auth, TokenAuth):
+            raise ValueError(
+                f"invalid auth: {auth!r}; pass rtkit.auth.TokenAuth(...) or None"
+            )
+        self.auth = auth
+        if ssl is not None and not isinstance(ssl, SSLContext):
+            raise ValueError(
+                f"invalid ssl: {ssl!r}; pass an ssl.SSLContext, such as "
+                "rtkit.tls.LocalCA(directory).server_context(), or None"
+            )
+        self.ssl = ssl
         self.hub = Hub(history_size, max_channels)
         """The event stream that polls and WebSocket subscribers read."""
-        self.push = PushHandler(self.hub, max_buffer=max_buffer)
+        valid_buffer = isinstance(max_buffer, int) and not isinstance(max_buffer, bool)
+        if not (valid_buffer and max_buffer >= 0):
+            raise ValueError(
+                f"invalid max_buffer: {max_buffer!r}; pass the bytes a client may "
+                f"have waiting to be sent, an integer >= 0, e.g. {DEFAULT_MAX_BUFFER}"
+            )
+        # PushHandler raises ValueError for an invalid max_rate or slow_policy.
+        self.push = PushHandler(
+            self.hub, max_buffer=max_buffer, max_rate=max_rate, slow_policy=slow_policy
+        )
         self.handler: Handler = handler or self.push
         self.source: EventSource | None = None
         """The built-in event source, when :meth:`start_source` started one."""
@@ -255,8 +368,12 @@ class Server:
                 "bytes, at least 1 (default 1048576), or None for no limit"
             )
         self.max_size = max_size
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        self.ping_interval = _check_optional_seconds(
+            "ping_interval", ping_interval, "None to turn keepalive off"
+        )
+        self.ping_timeout = _check_optional_seconds(
+            "ping_timeout", ping_timeout, "None to wait for pongs forever"
+        )
         self.close_timeout = close_timeout
         self.static_dir = Path(static_dir)
         self.handshakes: deque[Handshake] = deque(maxlen=50)
@@ -266,14 +383,27 @@ class Server:
         self.started_at: float | None = None
         self._websocket_server: WebSocketServer | None = None
         self._bound_port: int | None = None
+        self._tcp_connections: set[ServerConnection] = set()
+        """Every TCP connection open on the port: upgraded, upgrading or HTTP."""
+        self._upgraded: set[ServerConnection] = set()
+        """Connections whose upgrade was accepted, counted for max_connections."""
+        self.rejected_full = 0
+        """Upgrades rejected with 503 because ``max_connections`` were open."""
+        self._full_logged_at = -math.inf
 
     # Lifecycle
 
-    async def start(self) -> Self:
+    async def start(self, *, keep_history: bool = False) -> Self:
         """Start listening; do nothing if this server is already running.
 
         An rtkit server of this process that listens on the same port is
         stopped first, so running a start cell twice replaces the server.
+
+        Args:
+            keep_history: keep the hub's epoch and history, as a server that
+                stores its events in a durable log would, so clients resume
+                after the last ``seq`` they saw without losing events. By
+                default a start begins a new epoch with an empty history.
 
         Raises:
             PortInUseError: if another program (or another kernel) uses the port.
@@ -296,9 +426,11 @@ class Server:
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 close_timeout=self.close_timeout,
+                create_connection=self._create_connection,
                 # The response to a long poll is built in process_request,
                 # which runs under the opening handshake's timeout.
-                open_timeout=routes.MAX_WAIT + 10,
+                open_timeout=self.max_wait + 10,
+                ssl=self.ssl,
                 logger=logging.getLogger("rtkit.websockets"),
             )
         except OSError as exc:
@@ -306,12 +438,25 @@ class Server:
                 raise self._port_in_use() from exc
             raise
         self._bound_port = self._websocket_server.sockets[0].getsockname()[1]
-        self.hub.reset()
+        if keep_history:
+            # stop() and kill() closed the hub to release waiting long polls;
+            # reopen it so that new long polls wait again.
+            self.hub.closed = False
+        else:
+            self.hub.reset()
         self.started_at = time.time()
         _registry[self._bound_port] = self
         logger.info(
             "rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url
         )
+        if not self.check_origin:
+            logger.warning(
+                "Origin check disabled on %s: any web page open in a browser on "
+                "this machine can connect to it",
+                self.url,
+            )
+        if self.auth is not None:
+            logger.info("clients must send a token (via %s)", self.auth.via)
         return self
 
     def _port_in_use(self) -> PortInUseError:
@@ -330,19 +475,10 @@ class Server:
 
         Stopping a server that is not running does nothing.
         """
-        websocket_server = self._websocket_server
+        websocket_server = self._detach()
         if websocket_server is None:
             return
         url = self.url
-        self._websocket_server = None
-        if _registry.get(self._bound_port or -1) is self:
-            del _registry[self._bound_port]
-        if websocket_server.get_loop().is_closed():
-            # NOTE: a server whose event loop was closed without stopping it
-            # cannot close its sockets any more; its port stays taken until
-            # the process exits.
-            logger.warning("rtkit server on %s belongs to a closed event loop", url)
-            return
         logger.info("stopping rtkit server on %s", url)
         await self.stop_source()
         self.hub.close()
@@ -365,18 +501,80 @@ class Server:
             await websocket_server.wait_closed()
         logger.info("rtkit server on %s stopped", url)
 
-    async def restart(self) -> Self:
+    async def kill(self) -> None:
+        """Simulate a crash: drop every connection without a close frame.
+
+        Every TCP connection is aborted, WebSocket and plain HTTP alike, so
+        clients see close code 1006 and pending long polls fail. The port is
+        freed, and the built-in event source stops. The hub's epoch and
+        history stay in memory, so ``start(keep_history=True)`` afterwards
+        behaves like a server that recovered its events from a durable log,
+        and a plain ``start()`` like one that lost them. A later start listens
+        on the same port, even when the server was created with port 0, so
+        clients reconnect to the same URL.
+
+        Killing a server that is not running does nothing.
+        """
+        port = self._bound_port
+        websocket_server = self._detach()
+        if websocket_server is None:
+            return
+        if port is not None and self.requested_port == 0:
+            self.requested_port = port
+        url = self.url
+        logger.warning("killing rtkit server on %s (simulated crash)", url)
+        await self.stop_source()
+        self.hub.close()
+        websocket_server.close(close_connections=False)
+        aborted = 0
+        for connection in list(self._tcp_connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+                aborted += 1
+        await websocket_server.wait_closed()
+        logger.warning(
+            "rtkit server on %s killed: %d connections aborted", url, aborted
+        )
+
+    def _detach(self) -> WebSocketServer | None:
+        """Forget the running websockets server and return it, for stop or kill.
+
+        Returns ``None`` when the server is not running, or when its event
+        loop was closed and it can no longer be stopped.
+        """
+        websocket_server = self._websocket_server
+        if websocket_server is None:
+            return None
+        self._websocket_server = None
+        if _registry.get(self._bound_port or -1) is self:
+            del _registry[self._bound_port]
+        if websocket_server.get_loop().is_closed():
+            # NOTE: a server whose event loop was closed without stopping it
+            # cannot close its sockets any more; its port stays taken until
+            # the process exits.
+            logger.warning(
+                "rtkit server on %s belongs to a closed event loop", self.url
+            )
+            return None
+        return websocket_server
+
+    async def restart(self, *, keep_history: bool = False) -> Self:
         """Stop the server, then start it again on the same port.
 
         The built-in event source, if one was running, runs again afterwards
-        at the same rate, publishing into the new epoch.
+        at the same rate, publishing into the new epoch (or, with
+        ``keep_history``, continuing the old one).
+
+        Args:
+            keep_history: passed to :meth:`start`.
         """
         port = self._bound_port
         source = self.source
         await self.stop()
         if port is not None and self.requested_port == 0:
             self.requested_port = port
-        await self.start()
+        await self.start(keep_history=keep_history)
         if source is not None:
             self.start_source(source.rate, poisson=source.poisson)
         return self
@@ -442,7 +640,8 @@ class Server:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "http" if self.ssl is None else "https"
+        return f"{scheme}://{host}:{self.port}/"
 
     @property
     def ws_url(self) -> str:
@@ -463,11 +662,29 @@ class Server:
 
     # Connection handling
 
+    def _create_connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
+        """Create a connection as websockets would, and track it until it closes.
+
+        websockets only tracks connections that completed the opening
+        handshake; :meth:`kill` must also abort HTTP requests in progress,
+        such as long polls.
+        """
+        connection = ServerConnection(*args, **kwargs)
+        self._tcp_connections.add(connection)
+
+        def forget(_: object) -> None:
+            self._tcp_connections.discard(connection)
+            self._upgraded.discard(connection)
+
+        connection.connection_lost_waiter.add_done_callback(forget)
+        return connection
+
     async def _handle(self, connection: ServerConnection) -> None:
         remote = remote_address(connection)
         logger.info("client %s connected from %s", connection.id.hex[:8], remote)
         try:
-            await self.handler(connection)
+            if await self._authenticated(connection):
+                await self.handler(connection)
         except ConnectionClosed:
             pass
         except Exception:
@@ -478,6 +695,21 @@ class Server:
         logger.info(
             "client %s disconnected: %s", connection.id.hex[:8], _closing(connection)
         )
+
+    async def _authenticated(self, connection: ServerConnection) -> bool:
+        """Check the first-message token when ``auth.via`` is ``"message"``."""
+        auth = self.auth
+        if auth is None or auth.via != "message":
+            return True
+        if await auth.authenticate(connection):
+            return True
+        logger.warning(
+            "client %s from %s failed to authenticate: %s",
+            connection.id.hex[:8],
+            remote_address(connection),
+            _closing(connection),
+        )
+        return False
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
@@ -506,6 +738,17 @@ class Server:
             return self._check_upgrade(connection, request, path)
         self.request_counts[routes.route_name(path)] += 1
         head = request.method == "HEAD"
+        host_problem = self._host_problem(request)
+        if host_problem is not None:
+            logger.warning(
+                "rejected request %s from %s: %s",
+                short_repr(request.path, 80),
+                remote_address(connection),
+                host_problem,
+            )
+            return routes.text_response(
+                HTTPStatus.FORBIDDEN, f"forbidden: {host_problem}", head=head
+            )
         if request.method not in ("GET", "HEAD"):
             response = routes.text_response(
                 HTTPStatus.METHOD_NOT_ALLOWED,
@@ -516,7 +759,15 @@ class Server:
         if path == "/health":
             return routes.json_response(HTTPStatus.OK, self.health(), head=head)
         if path == "/poll":
+            if self.auth is not None:
+                reason = self.auth.check_http(request)
+                if reason is not None:
+                    return unauthorized(reason, as_json=True)
             return await self._poll(connection, request, head)
+        if path == "/login":
+            return self._login(request)
+        if path == "/ws":
+            return self._explain_ws(request, head)
         if path == "/":
             path = "/static/client.html"
         if path.startswith("/static/"):
@@ -526,7 +777,7 @@ class Server:
         return routes.text_response(
             HTTPStatus.NOT_FOUND,
             f"not found: {request.path}\nrtkit serves /, /static/<file>, /health, "
-            "/poll, and WebSocket upgrades on /ws and /.",
+            "/poll, /login, and WebSocket upgrades on /ws and /.",
             head=head,
         )
 
@@ -534,7 +785,9 @@ class Server:
         self, connection: ServerConnection, request: Request, head: bool
     ) -> Response:
         try:
-            query = routes.parse_poll_query(urlsplit(request.path).query)
+            query = routes.parse_poll_query(
+                urlsplit(request.path).query, max_wait=self.max_wait
+            )
         except routes.InvalidParameter as exc:
             body = {"error": "invalid_parameter", "parameter": exc.parameter}
             body["message"] = str(exc)
@@ -581,24 +834,132 @@ class Server:
                 HTTPStatus.NOT_FOUND,
                 f"not found: {request.path}; open WebSockets on /ws or /",
             )
-        origins = request.headers.get_all("Origin")
-        hosts = request.headers.get_all("Host")
-        if len(origins) > 1 or len(hosts) > 1:
-            reason = "the request repeats its Origin or Host header"
-        else:
-            reason = check_origin(
-                origins[0] if origins else None,
-                hosts[0] if hosts else None,
-                self.allowed_origins,
-            )
+        reason = self._origin_problem(request)
         if reason is not None:
             logger.warning("rejected WebSocket upgrade from %s: %s", remote, reason)
             return routes.text_response(HTTPStatus.FORBIDDEN, f"forbidden: {reason}")
+        response = self._refusal(request)
+        if response is not None:
+            if response.status_code == HTTPStatus.SERVICE_UNAVAILABLE:
+                self._log_full(remote)
+            else:
+                logger.warning(
+                    "rejected WebSocket upgrade from %s: %s",
+                    remote,
+                    response.body.decode().strip(),
+                )
+            return response
+        self._upgraded.add(connection)
         return None
+
+    def _host_problem(self, request: Request) -> str | None:
+        """Return why a plain HTTP request's Host is rejected, or ``None``."""
+        if not self.check_origin:
+            return None
+        hosts = request.headers.get_all("Host")
+        if len(hosts) > 1:
+            return "the request repeats its Host header"
+        return origins.check_host(hosts[0] if hosts else None, self.allowed_origins)
+
+    def _origin_problem(self, request: Request) -> str | None:
+        """Return why the upgrade's Origin is rejected, or ``None``."""
+        if not self.check_origin:
+            return None
+        origin_values = request.headers.get_all("Origin")
+        hosts = request.headers.get_all("Host")
+        if len(origin_values) > 1 or len(hosts) > 1:
+            return "the request repeats its Origin or Host header"
+        return origins.check_origin(
+            origin_values[0] if origin_values else None,
+            hosts[0] if hosts else None,
+            self.allowed_origins,
+            secure=self.ssl is not None,
+        )
+
+    def _refusal(self, request: Request) -> Response | None:
+        """Return the 503 or 401 an upgrade of ``request`` would get, or ``None``.
+
+        Shared by real upgrades and by plain ``GET /ws``, which a browser page
+        fetches to learn why its WebSocket failed: the browser itself reports
+        only close code 1006.
+        """
+        if self.max_connections is not None:
+            open_count = len(self._upgraded)
+            if open_count >= self.max_connections:
+                response = routes.text_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"server full: {open_count} connections open "
+                    "(max_connections); try again later",
+                )
+                response.headers["Retry-After"] = str(RETRY_AFTER)
+                return response
+        if self.auth is not None:
+            reason = self.auth.check_upgrade(request)
+            if reason is not None:
+                return unauthorized(reason)
+        return None
+
+    def _log_full(self, remote: str) -> None:
+        """Count a rejection for a full server and log it, at most once a second.
+
+        The limit matters in a reconnect storm, where every client that finds
+        the server full is rejected and retries.
+        """
+        self.rejected_full += 1
+        now = time.monotonic()
+        if now - self._full_logged_at < 1:
+            return
+        self._full_logged_at = now
+        logger.warning(
+            "rejected WebSocket upgrade from %s: server full, %d connections "
+            "open (max_connections); %d upgrades rejected as full so far",
+            remote,
+            len(self._upgraded),
+            self.rejected_full,
+        )
+
+    def _explain_ws(self, request: Request, head: bool) -> Response:
+        """Respond to a plain ``GET /ws`` with the status an upgrade would get now."""
+        response = self._refusal(request)
+        if response is None:
+            response = routes.text_response(
+                HTTPStatus.UPGRADE_REQUIRED,
+                f"upgrade required: {request.path} is a WebSocket endpoint; open "
+                f"a WebSocket here, e.g. new WebSocket('{self.ws_url}') in a "
+                "browser",
+            )
+            response.headers["Upgrade"] = "websocket"
+        if head:
+            response.body = b""
+        return response
+
+    def _login(self, request: Request) -> Response:
+        if self.auth is None:
+            return routes.text_response(
+                HTTPStatus.NOT_FOUND,
+                "not found: /login; this server requires no token, so there is "
+                "nothing to log in to",
+            )
+        response = self.auth.login(request, secure=self.ssl is not None)
+        if response.status_code != HTTPStatus.NO_CONTENT:
+            logger.warning("rejected GET /login: %s", response.body.decode().strip())
+        return response
 
     def _process_response(
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
+        # websockets calls this for every parsed request, also when
+        # process_request returned the response, so each request is logged
+        # once. NOTE: a request that fails to parse gets websockets' own 400
+        # without reaching this hook, so it has no access log line.
+        if self.access_log:
+            access_logger.info(
+                '%s "%s %s HTTP/1.1" %d',
+                remote_address(connection),
+                request.method,
+                request.path,
+                response.status_code,
+            )
         if routes.is_upgrade(request):
             self.handshakes.append(
                 Handshake(remote_address(connection), request, response)
@@ -613,6 +974,7 @@ class Server:
             "seq": self.hub.latest,
             "clients": len(self.connections),
             "uptime": round(uptime, 3),
+            "auth": self.auth.via if self.auth is not None else None,
         }
 
 

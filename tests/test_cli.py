@@ -16,8 +16,12 @@ from types import TracebackType
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 import rtkit
+from rtkit import auth
+from rtkit.__main__ import build_parser
+from rtkit.tls import LocalCA
 
 from .conftest import can_bind, run, timeout
 
@@ -26,6 +30,12 @@ LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+)/)")
 # An opener without proxies, so requests to 127.0.0.1 never leave the machine
 # even when http_proxy is set.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(autouse=True)
+def no_rtkit_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a learner's RTKIT_TOKEN from turning on auth in these tests."""
+    monkeypatch.delenv("RTKIT_TOKEN", raising=False)
 
 
 def serve_command(*args: str) -> list[str]:
@@ -181,6 +191,24 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
         (["--max-channels", "0"], "invalid max_channels: 0"),
         # A documentation address (RFC 5737): bind() fails locally, no traffic.
         (["--host", "192.0.2.1"], "rtkit: cannot listen on 192.0.2.1"),
+        (
+            ["--max-connections", "-1"],
+            "argument --max-connections: invalid value: '-1'; pass a positive "
+            "integer, or 0 for no limit",
+        ),
+        (["--max-rate", "fast"], "argument --max-rate: invalid value: 'fast'"),
+        (["--max-wait", "0"], "argument --max-wait: invalid value: '0'"),
+        (["--max-buffer", "-1"], "invalid max_buffer: -1"),
+        (["--slow-policy", "block"], "argument --slow-policy: invalid choice"),
+        (["--ping-interval", "-1"], "argument --ping-interval: invalid value"),
+        (["--ping-timeout", "nan"], "argument --ping-timeout: invalid value"),
+        (["--token", "has space"], "invalid token"),
+        (["--auth-via", "header"], "argument --auth-via: invalid choice"),
+        (["--keyfile", "key.pem"], "--keyfile needs --certfile"),
+        (
+            ["--certfile", "/nonexistent/server.pem"],
+            "cannot load the certificate '/nonexistent/server.pem'",
+        ),
     ],
 )
 def test_serve_invalid_option_exits_2(arguments: list[str], message: str) -> None:
@@ -189,3 +217,134 @@ def test_serve_invalid_option_exits_2(arguments: list[str], message: str) -> Non
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_parser_zero_means_no_limit() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--max-connections", "0", "--max-rate", "0", "--ping-interval", "0"]
+    )
+    assert args.max_connections is None
+    assert args.max_rate is None
+    assert args.ping_interval is None
+
+
+def test_parser_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTKIT_TOKEN", "from-env")
+    args = build_parser().parse_args(["serve"])
+    assert args.token == "from-env"
+
+
+def test_parser_defaults_match_server() -> None:
+    args = build_parser().parse_args(["serve"])
+    server = rtkit.Server(port=0)
+    assert args.max_connections == server.max_connections
+    assert args.max_rate == server.push.max_rate
+    assert args.max_wait == server.max_wait
+    assert args.max_buffer == server.push.max_buffer
+    assert args.slow_policy == server.push.slow_policy
+    assert args.ping_interval == server.ping_interval
+    assert args.ping_timeout == server.ping_timeout
+    assert args.check_origin is True
+    assert args.token is None
+    assert args.access_log is False
+
+
+def test_serve_limits_auth_and_access_log(tmp_path: Path) -> None:
+    arguments = ["--port", "0", "--max-connections", "1", "--token", "s3cret"]
+    arguments += ["--access-log", "--no-origin-check", "--ping-interval", "5"]
+    with ServeProcess(tmp_path / "serve.log", *arguments) as serve:
+        port = int(serve.wait_for_line(LISTENING)[2])
+        url = f"ws://127.0.0.1:{port}/ws"
+
+        async def scenario() -> tuple[int, int]:
+            with pytest.raises(InvalidStatus) as missing:
+                await connect(url, open_timeout=timeout(5))
+            async with connect(url + "?token=s3cret", open_timeout=timeout(5)) as ws:
+                await asyncio.wait_for(ws.recv(), timeout(5))
+                with pytest.raises(InvalidStatus) as full:
+                    await connect(url + "?token=s3cret", open_timeout=timeout(5))
+            return missing.value.response.status_code, full.value.response.status_code
+
+        assert run(scenario()) == (401, 503)
+        serve.wait_for_line(re.compile(r'"GET /ws\?token=s3cret HTTP/1\.1" 503'))
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout(10)) == 0
+        output = serve.output()
+
+    assert "Origin check disabled" in output
+    assert "clients must send a token (via query)" in output
+    assert '"GET /ws HTTP/1.1" 401' in output
+    assert '"GET /ws?token=s3cret HTTP/1.1" 101' in output
+
+
+def test_serve_auth_via_without_token_prints_one(tmp_path: Path) -> None:
+    with ServeProcess(
+        tmp_path / "serve.log", "--port", "0", "--auth-via", "message"
+    ) as serve:
+        match = serve.wait_for_line(re.compile(r"clients must send this token: (\S+)"))
+        port = int(serve.wait_for_line(LISTENING)[2])
+        token = match[1]
+
+        async def scenario() -> str:
+            client = await auth.connect(
+                f"ws://127.0.0.1:{port}/ws", token, "message", open_timeout=timeout(5)
+            )
+            async with client:
+                return await asyncio.wait_for(client.recv(), timeout(5))
+
+        assert run(scenario()) == rtkit.WELCOME
+
+
+def run_cert(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtkit", "cert", "--dir", str(directory)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(20),
+    )
+
+
+def test_cert_writes_files_prints_command(tmp_path: Path) -> None:
+    result = run_cert(tmp_path / "tls")
+
+    assert result.returncode == 0, result.stderr
+    for name in ("ca.pem", "server.pem", "server-key.pem"):
+        assert (tmp_path / "tls" / name).is_file()
+    assert (
+        f"--certfile {tmp_path / 'tls' / 'server.pem'} "
+        f"--keyfile {tmp_path / 'tls' / 'server-key.pem'}"
+    ) in result.stdout
+    assert "--ignore-certificate-errors-spki-list=" in result.stdout
+
+
+def test_cert_unwritable_dir_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cert(blocker / "tls")
+
+    assert result.returncode == 2
+    assert f"rtkit: cannot create certificates in {blocker / 'tls'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_certfile_serves_https(tmp_path: Path) -> None:
+    assert run_cert(tmp_path).returncode == 0
+    ca = LocalCA(tmp_path)
+    arguments = ["--port", "0", "--certfile", str(ca.cert_file)]
+    arguments += ["--keyfile", str(ca.key_file)]
+    with ServeProcess(tmp_path / "serve.log", *arguments) as serve:
+        match = serve.wait_for_line(
+            re.compile(r"listening on https://127\.0\.0\.1:(\d+)/")
+        )
+        port = int(match[1])
+
+        async def scenario() -> str:
+            async with connect(
+                f"wss://127.0.0.1:{port}/ws",
+                ssl=ca.client_context(),
+                open_timeout=timeout(5),
+            ) as client:
+                return await asyncio.wait_for(client.recv(), timeout(5))
+
+        assert run(scenario()) == rtkit.WELCOME

@@ -10,7 +10,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import rtkit
-from rtkit.origins import check_origin, normalize_origin
+from rtkit.origins import check_host, check_origin, normalize_origin
 
 from .conftest import run, timeout
 
@@ -181,3 +181,79 @@ def test_upgrade_repeated_or_malformed_headers_403() -> None:
                 assert response.startswith(b"HTTP/1.1 403"), (extra, response[:80])
 
     run(scenario())
+
+
+HOST_ACCEPTED = [
+    None,
+    "127.0.0.1:8765",
+    "localhost:8765",
+    "[::1]:8765",
+    "192.168.1.20:8765",
+]
+
+HOST_REJECTED = [
+    ("rebind.example:8765", "DNS rebinding"),
+    ("127.0.0.1:abc", "is not a valid host[:port]"),
+]
+
+
+@pytest.mark.parametrize("host", HOST_ACCEPTED)
+def test_check_host_accepts_ip_and_localhost(host: str | None) -> None:
+    assert check_host(host) is None
+
+
+@pytest.mark.parametrize(("host", "reason"), HOST_REJECTED)
+def test_check_host_rejects_with_reason(host: str, reason: str) -> None:
+    result = check_host(host)
+    assert result is not None
+    assert reason in result
+
+
+def test_check_host_allow_list_accepts_dns_name() -> None:
+    allowed = {normalize_origin("https://hub.example.org")}
+    assert check_host("hub.example.org", allowed) is None
+    assert check_host("other.example.org", allowed) is not None
+
+
+async def get_with_host(port: int, target: str, host: str) -> bytes:
+    """Send one GET to 127.0.0.1:port with a chosen Host header; return the reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        return await asyncio.wait_for(reader.read(), timeout(2))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("target", ["/poll", "/health", "/", "/ws"])
+def test_http_dns_host_rejected_403(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> tuple[bytes, bytes]:
+        async with rtkit.Server(port=0) as server:
+            rebound = await get_with_host(server.port, target, "rebind.example")
+            own = await get_with_host(server.port, target, f"127.0.0.1:{server.port}")
+            return rebound, own
+
+    with caplog.at_level(logging.WARNING, logger="rtkit.server"):
+        rebound, own = run(main())
+    assert rebound.startswith(b"HTTP/1.1 403"), rebound[:80]
+    assert b"DNS rebinding" in rebound
+    assert not own.startswith(b"HTTP/1.1 403"), own[:80]
+    assert "rejected request" in caplog.text
+
+
+def test_http_dns_host_allowed_or_unchecked() -> None:
+    async def main() -> tuple[bytes, bytes]:
+        allowed = rtkit.Server(port=0, allowed_origins=["http://rebind.example"])
+        unchecked = rtkit.Server(port=0, check_origin=False)
+        async with allowed, unchecked:
+            first = await get_with_host(allowed.port, "/health", "rebind.example")
+            second = await get_with_host(unchecked.port, "/health", "rebind.example")
+            return first, second
+
+    first, second = run(main())
+    assert first.startswith(b"HTTP/1.1 200"), first[:80]
+    assert second.startswith(b"HTTP/1.1 200"), second[:80]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import rtkit
+from rtkit import routes
 
 from .conftest import run, timeout
 
@@ -237,3 +238,41 @@ def test_poll_since_ascii_digits_only(since: str) -> None:
             assert body["parameter"] == "since"
 
     run(scenario())
+
+
+def test_poll_wait_over_max_wait_returns_400() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_wait=2) as server:
+            status, body = await poll(server, "since=0&wait=3")
+            assert status == 400
+            assert body["parameter"] == "wait"
+            assert "pass seconds from 0 to 2, the server's max_wait" in body["message"]
+            status, _ = await poll(server, "since=0&wait=0.1")
+            assert status == 200
+
+    run(scenario())
+
+
+def test_parse_poll_query_max_wait_caps_wait() -> None:
+    assert routes.parse_poll_query("wait=45", max_wait=60).wait == 45
+    with pytest.raises(routes.InvalidParameter, match="from 0 to 30"):
+        routes.parse_poll_query("wait=45")
+
+
+def test_poll_max_wait_allows_longer_wait() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_wait=60) as server:
+            waiting = asyncio.create_task(poll(server, "since=0&wait=45"))
+            await asyncio.sleep(0.2)
+            server.publish("woken")
+            status, body = await asyncio.wait_for(waiting, timeout(2))
+            assert status == 200
+            assert [e["data"] for e in body["events"]] == ["woken"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("max_wait", [0, -1, float("inf"), float("nan"), "30", True])
+def test_server_invalid_max_wait_raises(max_wait: object) -> None:
+    with pytest.raises(ValueError, match="invalid max_wait"):
+        rtkit.Server(port=0, max_wait=max_wait)  # type: ignore[arg-type]

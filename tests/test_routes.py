@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 import rtkit
-from rtkit.routes import STATIC_DIR, resolve_static
+from rtkit.routes import STATIC_DIR, resolve_static, route_name
 
 from .conftest import ThreadedServer, run, timeout
 
@@ -76,7 +76,7 @@ def test_health_returns_status_and_epoch(live_server: rtkit.Server) -> None:
     assert payload["clients"] == 0
 
 
-@pytest.mark.parametrize("path", ["/nope", "/static/missing.js", "/ws", "/static/"])
+@pytest.mark.parametrize("path", ["/nope", "/static/missing.js", "/static/"])
 def test_unknown_path_returns_404(live_server: rtkit.Server, path: str) -> None:
     status, headers, body = fetch(live_server, path)
     assert status == 404
@@ -192,6 +192,91 @@ def test_static_odd_path_returns_404(live_server: rtkit.Server, path: str) -> No
 def test_request_target_without_slash_no_500(
     live_server: rtkit.Server, request_line: bytes, status: bytes
 ) -> None:
-    response = raw_request(live_server, request_line + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    host = f"Host: 127.0.0.1:{live_server.port}\r\n\r\n".encode()
+    response = raw_request(live_server, request_line + b" HTTP/1.1\r\n" + host)
     assert response.split(b" ", 2)[1] == status
     assert b"Failed to open a WebSocket connection" not in response
+
+
+def test_get_ws_without_upgrade_returns_426(live_server: rtkit.Server) -> None:
+    status, headers, body = fetch(live_server, "/ws")
+    assert status == 426
+    assert headers["Upgrade"] == "websocket"
+    assert body.startswith(b"upgrade required: /ws is a WebSocket endpoint")
+    assert live_server.ws_url.encode() in body
+
+
+def test_head_ws_without_upgrade_returns_426_no_body(
+    live_server: rtkit.Server,
+) -> None:
+    status, _, body = fetch(live_server, "/ws", method="HEAD")
+    assert status == 426
+    assert body == b""
+
+
+def test_get_root_without_upgrade_serves_page(live_server: rtkit.Server) -> None:
+    status, _, _ = fetch(live_server, "/")
+    assert status == 200
+
+
+def test_get_ws_full_server_returns_503() -> None:
+    with ThreadedServer(max_connections=1) as server:
+
+        async def hold_and_fetch() -> tuple[int, dict[str, str], bytes]:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await asyncio.wait_for(client.recv(), timeout(2))
+                return await asyncio.to_thread(fetch, server, "/ws")
+
+        status, headers, body = run(hold_and_fetch())
+    assert status == 503
+    assert headers["Retry-After"] == "5"
+    assert body == (
+        b"server full: 1 connections open (max_connections); try again later\n"
+    )
+
+
+def test_get_ws_with_auth_returns_401_then_426() -> None:
+    auth = rtkit.TokenAuth("s3cret")
+    with ThreadedServer(auth=auth) as server:
+        missing = fetch(server, "/ws")
+        wrong = fetch(server, "/ws?token=nope")
+        right = fetch(server, "/ws?token=s3cret")
+    assert missing[0] == 401
+    assert missing[1]["WWW-Authenticate"] == 'Bearer realm="rtkit"'
+    assert b"ws://HOST:PORT/ws?token=TOKEN" in missing[2]
+    assert wrong[0] == 401
+    assert b"wrong token" in wrong[2]
+    assert right[0] == 426
+
+
+def test_health_reports_auth_method() -> None:
+    with ThreadedServer(auth=rtkit.TokenAuth(via="cookie")) as server:
+        _, _, body = fetch(server, "/health")
+    assert json.loads(body)["auth"] == "cookie"
+
+
+def test_health_without_auth_reports_none(live_server: rtkit.Server) -> None:
+    _, _, body = fetch(live_server, "/health")
+    assert json.loads(body)["auth"] is None
+
+
+def test_login_without_auth_returns_404(live_server: rtkit.Server) -> None:
+    status, _, body = fetch(live_server, "/login")
+    assert status == 404
+    assert b"requires no token" in body
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/", "root"),
+        ("/static/client.js", "static"),
+        ("/poll", "poll"),
+        ("/login", "login"),
+        ("/ws", "ws"),
+        ("/wsx", "other"),
+        ("/nope/poll", "other"),
+    ],
+)
+def test_route_name_fixed_set(path: str, name: str) -> None:
+    assert route_name(path) == name

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
+import re
 import socket
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import rtkit
 from rtkit.server import default_port
+from rtkit.tls import LocalCA
 
-from .conftest import can_bind, free_port, run, timeout
+from .conftest import can_bind, free_port, run, timeout, until
 
 
 async def greeting(url: str) -> str:
@@ -289,3 +293,355 @@ def test_restart_keeps_event_source_running() -> None:
 def test_server_invalid_max_size_raises(size: object) -> None:
     with pytest.raises(ValueError, match="invalid max_size"):
         rtkit.Server(port=0, max_size=size)  # type: ignore[arg-type]
+
+
+async def long_poll(port: int, query: str) -> bytes:
+    """Send GET /poll?query and return the raw response, b"" if the server hung up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET /poll?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        )
+        return await asyncio.wait_for(reader.read(), timeout(5))
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+def test_kill_drops_clients_without_close_frame() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+            await client.recv()
+            await server.kill()
+            await asyncio.wait_for(client.wait_closed(), timeout(2))
+            assert client.close_code == 1006
+            assert client.protocol.close_rcvd is None
+        assert not server.is_serving
+        assert server.connections == []
+        assert rtkit.running_servers() == []
+        assert can_bind(server.port)
+
+    run(scenario())
+
+
+def test_kill_aborts_pending_long_poll() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        polling = asyncio.ensure_future(long_poll(server.port, "since=0&wait=20"))
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        await server.kill()
+        assert await asyncio.wait_for(polling, timeout(2)) == b""
+        assert asyncio.get_running_loop().time() - started < timeout(2)
+
+    run(scenario())
+
+
+def test_kill_keeps_hub_and_twice_is_harmless() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        server.publish("kept")
+        epoch = server.epoch
+        await server.kill()
+        await server.kill()
+        assert server.epoch == epoch
+        assert server.hub.latest == 1
+        await server.stop()
+
+    run(scenario())
+
+
+def test_start_after_kill_reuses_port() -> None:
+    async def scenario() -> None:
+        server = rtkit.Server(port=0)
+        await server.start()
+        port = server.port
+        await server.kill()
+        await server.start()
+        try:
+            assert server.port == port
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_start_keep_history_resumes_events() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        for i in range(3):
+            server.publish(i)
+        epoch = server.epoch
+        await server.kill()
+        await server.start(keep_history=True)
+        try:
+            assert server.epoch == epoch
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                await client.send(
+                    json.dumps({"type": "subscribe", "since": 1, "epoch": epoch})
+                )
+                replies = [
+                    json.loads(await asyncio.wait_for(client.recv(), timeout(2)))
+                    for _ in range(3)
+                ]
+            assert replies[0]["type"] == "subscribed"
+            assert replies[0]["missed"] == 0
+            assert [reply["seq"] for reply in replies[1:]] == [2, 3]
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_start_after_kill_new_epoch() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        server.publish("lost")
+        epoch = server.epoch
+        await server.kill()
+        await server.start()
+        try:
+            assert server.epoch != epoch
+            assert server.hub.latest == 0
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_restart_keep_history_long_poll_waits() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            server.publish("first")
+            epoch = server.epoch
+            await server.restart(keep_history=True)
+            assert server.epoch == epoch
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            empty = await long_poll(server.port, f"since=1&wait=0.3&epoch={epoch}")
+            assert loop.time() - started >= 0.25
+            assert b'"events":[]' in empty.replace(b" ", b"")
+            polling = asyncio.ensure_future(
+                long_poll(server.port, f"since=1&wait=5&epoch={epoch}")
+            )
+            await asyncio.sleep(0.1)
+            server.publish("second")
+            woken = await asyncio.wait_for(polling, timeout(2))
+            assert b'"second"' in woken
+
+    run(scenario())
+
+
+def test_max_connections_full_returns_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_connections=2) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as first:
+                await first.recv()
+                async with connect(server.ws_url, open_timeout=timeout(2)) as second:
+                    await second.recv()
+                    with pytest.raises(InvalidStatus) as raised:
+                        await connect(server.ws_url, open_timeout=timeout(2))
+                    response = raised.value.response
+                    assert response.status_code == 503
+                    assert response.headers["Retry-After"] == "5"
+                    assert response.body == (
+                        b"server full: 2 connections open (max_connections); "
+                        b"try again later\n"
+                    )
+                    assert server.rejected_full == 1
+                await until(lambda: len(server._upgraded) == 1)
+                assert await greeting(server.ws_url) == rtkit.WELCOME
+
+    run(scenario())
+    assert any("server full" in record.getMessage() for record in caplog.records)
+
+
+def test_max_connections_none_disables_limit() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_connections=None) as server:
+            assert server.max_connections is None
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+
+    run(scenario())
+
+
+def test_max_connections_full_log_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_connections=1) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for _ in range(5):
+                    with pytest.raises(InvalidStatus):
+                        await connect(server.ws_url, open_timeout=timeout(2))
+                assert server.rejected_full == 5
+
+    run(scenario())
+    full = [r for r in caplog.records if "server full" in r.getMessage()]
+    assert len(full) == 1
+
+
+def test_kill_frees_connection_slots() -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0, max_connections=1)
+        client = await connect(server.ws_url, open_timeout=timeout(2))
+        await client.recv()
+        await server.kill()
+        await asyncio.wait_for(client.wait_closed(), timeout(2))
+        await server.start(keep_history=True)
+        try:
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_check_origin_false_accepts_other_origin(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, check_origin=False) as server:
+            async with connect(
+                server.ws_url,
+                origin="http://127.0.0.1:1",  # type: ignore[arg-type]
+                open_timeout=timeout(2),
+            ) as client:
+                assert await client.recv() == rtkit.WELCOME
+
+    run(scenario())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(
+        "Origin check disabled" in message and "any web page" in message
+        for message in warnings
+    )
+
+
+def test_check_origin_default_rejects_other_origin() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            with pytest.raises(InvalidStatus) as raised:
+                await connect(
+                    server.ws_url,
+                    origin="http://127.0.0.1:1",  # type: ignore[arg-type]
+                    open_timeout=timeout(2),
+                )
+            assert raised.value.response.status_code == 403
+
+    run(scenario())
+
+
+def test_access_log_one_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit.access")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, access_log=True) as server:
+            assert await greeting(server.ws_url + "?token=s3cret") == rtkit.WELCOME
+            await long_poll(server.port, "since=0")
+            await long_poll(server.port, "wait=99")
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "rtkit.access"]
+    assert len(lines) == 3
+    assert re.fullmatch(
+        r'127\.0\.0\.1:\d+ "GET /ws\?token=s3cret HTTP/1\.1" 101', lines[0]
+    )
+    assert lines[1].endswith('"GET /poll?since=0 HTTP/1.1" 200')
+    assert lines[2].endswith('"GET /poll?wait=99 HTTP/1.1" 400')
+
+
+def test_access_log_off_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit.access")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            await long_poll(server.port, "since=0")
+
+    run(scenario())
+    assert [r for r in caplog.records if r.name == "rtkit.access"] == []
+
+
+def test_ssl_serves_https_and_wss(tmp_path: Path) -> None:
+    ca = LocalCA.create(tmp_path)
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, ssl=ca.server_context()) as server:
+            assert server.url == f"https://127.0.0.1:{server.port}/"
+            assert server.ws_url == f"wss://127.0.0.1:{server.port}/ws"
+            async with connect(
+                server.ws_url, ssl=ca.client_context(), open_timeout=timeout(2)
+            ) as client:
+                assert await client.recv() == rtkit.WELCOME
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                server.port,
+                ssl=ca.client_context(),
+                server_hostname="127.0.0.1",
+            )
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), timeout(2))
+            writer.close()
+            assert raw.startswith(b"HTTP/1.1 200 OK")
+
+    run(scenario())
+
+
+def test_ssl_origin_check_uses_https_origin(tmp_path: Path) -> None:
+    ca = LocalCA.create(tmp_path)
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, ssl=ca.server_context()) as server:
+            origin = f"https://127.0.0.1:{server.port}"
+            async with connect(
+                server.ws_url,
+                ssl=ca.client_context(),
+                origin=origin,  # type: ignore[arg-type]
+                open_timeout=timeout(2),
+            ) as client:
+                assert await client.recv() == rtkit.WELCOME
+
+    run(scenario())
+
+
+def test_options_reach_push_handler() -> None:
+    server = rtkit.Server(port=0, max_rate=5, slow_policy="discard", max_buffer=4096)
+    assert server.push.max_rate == 5
+    assert server.push.slow_policy == "discard"
+    assert server.push.max_buffer == 4096
+
+
+INVALID_OPTIONS = [
+    ({"max_connections": 0}, "invalid max_connections: 0"),
+    ({"max_connections": 1.5}, "invalid max_connections: 1.5"),
+    ({"max_connections": True}, "invalid max_connections: True"),
+    ({"max_rate": 0}, "invalid max_rate: 0"),
+    ({"max_rate": float("nan")}, "invalid max_rate: nan"),
+    ({"slow_policy": "block"}, "invalid slow_policy: 'block'"),
+    ({"max_buffer": -1}, "invalid max_buffer: -1"),
+    ({"max_buffer": 1.5}, "invalid max_buffer: 1.5"),
+    ({"ping_interval": 0}, "invalid ping_interval: 0"),
+    ({"ping_timeout": -1}, "invalid ping_timeout: -1"),
+    ({"check_origin": "no"}, "invalid check_origin: 'no'"),
+    ({"access_log": 1}, "invalid access_log: 1"),
+    ({"auth": "s3cret"}, "invalid auth: 's3cret'"),
+    ({"ssl": True}, "invalid ssl: True"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), INVALID_OPTIONS)
+def test_server_invalid_option_raises(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rtkit.Server(port=0, **options)  # type: ignore[arg-type]
