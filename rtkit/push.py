@@ -23,45 +23,71 @@ message that is a JSON object with a ``type`` is a command:
 ``{"type": "message", "channel": C, "text": TEXT}``
     Publish ``{"from": {"id", "name"}, "text"}`` to ``C``, which every
     subscriber receives as an ``event``. Only members of ``C`` may send.
+``{"type": "ping", "id": ID}``
+    Reply ``{"type": "pong", "id": ID, "ts": SERVER_TIME}``: an
+    application-level heartbeat for clients that cannot send WebSocket pings,
+    such as browsers. ``ID`` is optional (``null`` in the reply when left
+    out); when given, it is an integer or a string of at most 64 characters.
 
 Text that starts with ``{`` but is not valid JSON, is not an object, has no
 ``type`` or an unknown one, or misses a field, gets an ``error`` message naming
 what was wrong, and the connection stays open. More commands can be
 added to :attr:`PushHandler.commands`.
+
+Two limits protect the server from one client. A client that sends more than
+``max_rate`` messages per second (pings and plain text included) is closed
+with code 1008. A client that reads too slowly, so that more than
+``max_buffer`` bytes wait in its write buffer, is disconnected or skipped
+according to ``slow_policy``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
 
 from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
 from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel, short_repr
+from .limits import RateLimiter, check_rate
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
+    "DEFAULT_MAX_RATE",
     "Client",
     "CommandError",
     "PushHandler",
     "check_name",
+    "check_slow_policy",
+    "rate_limit_reason",
     "remote_address",
 ]
 
 logger = logging.getLogger("rtkit.push")
 
 DEFAULT_MAX_BUFFER = 2**20
-"""Bytes a client may have waiting in its write buffer before it is dropped."""
+"""Bytes a client may have waiting in its write buffer before ``slow_policy``
+applies to it."""
+DEFAULT_MAX_RATE = 100.0
+"""Messages per second one connection may send before it is closed."""
+SLOW_POLICIES = ("drop", "discard")
+"""The values of ``slow_policy``."""
 MAX_NAME_LENGTH = 32
 MAX_SUBSCRIPTIONS = 64
 """Channels one connection may subscribe to at once."""
 MAX_TEXT_LENGTH = 4096
+MAX_PING_ID_LENGTH = 64
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer that a JavaScript number represents exactly."""
 
 Command = Callable[[ServerConnection, dict[str, Any]], Awaitable[None]]
 """A command: an async function of the connection and the decoded message."""
@@ -97,6 +123,28 @@ class Client:
     """Channels whose events are pushed to this client."""
     messages_in: int = 0
     messages_out: int = 0
+    discarded: int = 0
+    """Messages skipped because the client was behind, with ``slow_policy``
+    ``"discard"``."""
+
+
+def check_slow_policy(policy: object) -> Literal["drop", "discard"]:
+    """Return ``policy`` if it is ``"drop"`` or ``"discard"``.
+
+    Raises:
+        ValueError: naming the invalid value and the valid ones.
+    """
+    if policy not in SLOW_POLICIES:
+        raise ValueError(
+            f"invalid slow_policy: {short_repr(policy)}; use 'drop' to disconnect "
+            "a client that falls behind or 'discard' to skip messages for it"
+        )
+    return policy  # type: ignore[return-value]
+
+
+def rate_limit_reason(max_rate: float) -> str:
+    """Return the close reason sent to a client over ``max_rate`` messages/s."""
+    return f"rate limit: over {max_rate:g} messages/s (max_rate); slow down"
 
 
 def check_name(name: object) -> str:
@@ -197,6 +245,23 @@ def _channel(command: dict[str, Any], default: str | None = None) -> str:
         raise CommandError("invalid_channel", str(exc)) from None
 
 
+def _ping_id(command: dict[str, Any]) -> int | str | None:
+    ping_id = command.get("id")
+    if ping_id is None:
+        return None
+    if isinstance(ping_id, int) and not isinstance(ping_id, bool):
+        if abs(ping_id) <= MAX_SAFE_INTEGER:
+            return ping_id
+    elif isinstance(ping_id, str) and len(ping_id) <= MAX_PING_ID_LENGTH:
+        return ping_id
+    raise CommandError(
+        "invalid_id",
+        f"invalid id: {short_repr(ping_id)}; send an integer up to "
+        f"{MAX_SAFE_INTEGER} in magnitude or a string of at most "
+        f"{MAX_PING_ID_LENGTH} characters, or leave it out",
+    )
+
+
 def check_text(text: object) -> str:
     """Return ``text`` if it is a chat message of 1 to 4096 characters.
 
@@ -217,13 +282,46 @@ class PushHandler:
 
     Args:
         hub: the event streams pushed to subscribers.
-        max_buffer: bytes a client may have waiting in its write buffer; a
-            client further behind is disconnected at the next send.
+        max_buffer: bytes a client may have waiting in its write buffer before
+            ``slow_policy`` applies to it.
+        max_rate: messages per second one connection may send, averaged over
+            one second; a connection over it is closed with code 1008.
+            ``None`` turns the limit off.
+        slow_policy: what happens to a client over ``max_buffer``:
+            ``"drop"`` disconnects it (it can reconnect and resume from the
+            history), ``"discard"`` keeps it but skips messages for it until it
+            catches up (it sees a gap in ``seq``).
+        max_behind: seconds a client may stay behind under ``"discard"``
+            before it is disconnected after all. websockets' keepalive cannot
+            catch a client that never reads again, because its ping waits
+            behind the unsent data, so without this bound such a client would
+            stay connected for good. It is checked when a message is skipped.
+
+    Raises:
+        ValueError: if ``max_rate`` is not a positive number or ``None``, or
+            ``slow_policy`` is neither ``"drop"`` nor ``"discard"``.
     """
 
-    def __init__(self, hub: Hub, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        *,
+        max_rate: float | None = DEFAULT_MAX_RATE,
+        slow_policy: Literal["drop", "discard"] = "drop",
+        max_behind: float = 30.0,
+    ) -> None:
         self.hub = hub
         self.max_buffer = max_buffer
+        self.max_rate = check_rate(max_rate)
+        """Messages per second one connection may send, read when it opens."""
+        self.slow_policy = check_slow_policy(slow_policy)
+        if not (isinstance(max_behind, int | float) and max_behind > 0):
+            raise ValueError(
+                f"invalid max_behind: {max_behind!r}; pass the seconds a client "
+                "may stay behind under slow_policy 'discard', above 0 (default 30)"
+            )
+        self.max_behind = float(max_behind)
         self.clients: dict[ServerConnection, Client] = {}
         """Every open connection and its state."""
         self.subscribers: dict[str, set[ServerConnection]] = {}
@@ -234,13 +332,18 @@ class PushHandler:
             "join": self.join,
             "leave": self.leave,
             "message": self.message,
+            "ping": self.ping,
         }
         """Command handlers by message ``type``; add entries to extend the protocol."""
         self.totals: Counter[str] = Counter()
-        """Messages received and sent since creation: ``in`` and ``out``."""
+        """Messages since creation: received (``in``), sent (``out``) and
+        skipped for clients that were behind (``discarded``)."""
         self.listeners: list[Callable[[str, Client], None]] = []
         """Called with (change, client) where change is "connect", "disconnect",
         "change" (name or channels) or "message" (a message in or out)."""
+        self._behind: dict[ServerConnection, tuple[int, float]] = {}
+        """Connections skipped under "discard", with their discarded count and
+        the time.monotonic() at the start of the current episode."""
         self._unsubscribe_hub = hub.subscribe(self._push)
 
     # Sending
@@ -252,7 +355,8 @@ class PushHandler:
 
         ``broadcast()`` skips connections that are closing and never waits on
         a slow one, so one stalled client cannot delay the others. A client
-        with more than ``max_buffer`` bytes still unsent is disconnected first.
+        with more than ``max_buffer`` bytes still unsent is disconnected
+        (``slow_policy="drop"``) or skipped (``"discard"``) first.
         """
         connections = [c for c in connections if not self._fell_behind(c)]
         if not connections:
@@ -266,13 +370,15 @@ class PushHandler:
                 self.notify("message", client)
 
     def _fell_behind(self, connection: ServerConnection) -> bool:
-        """Disconnect ``connection`` if its write buffer is over ``max_buffer``.
+        """Apply ``slow_policy`` to ``connection`` and return whether to skip it.
 
-        websockets' keepalive cannot catch such a client: its ping waits
-        behind the unsent data, so the connection would stay open and its
-        buffer would grow with every broadcast.
+        websockets' keepalive cannot catch a client that stopped reading: its
+        ping waits behind the unsent data, so the connection would stay open
+        and its buffer would grow with every broadcast.
         """
         buffered = connection.transport.get_write_buffer_size()
+        if self.slow_policy == "discard":
+            return self._discarding(connection, buffered)
         if buffered <= self.max_buffer:
             return False
         if not connection.transport.is_closing():
@@ -285,6 +391,53 @@ class PushHandler:
                 self.max_buffer,
             )
             connection.transport.abort()
+        return True
+
+    def _discarding(self, connection: ServerConnection, buffered: int) -> bool:
+        """Count and skip a message for ``connection`` while it is behind.
+
+        An episode starts when the buffer goes over ``max_buffer`` and ends
+        once it has drained to half of that. So a client that hovers around
+        the limit does not start a new episode, and log it, at every message.
+        """
+        client = self.clients.get(connection)
+        episode = self._behind.get(connection)
+        if episode is None:
+            if buffered <= self.max_buffer:
+                return False
+            episode = (client.discarded if client else 0, time.monotonic())
+            self._behind[connection] = episode
+            logger.warning(
+                "skipping messages for client %s: %d bytes waiting to be sent, "
+                "over max_buffer %d; it will see a gap in seq",
+                client.id if client else "?",
+                buffered,
+                self.max_buffer,
+            )
+        elif buffered <= self.max_buffer // 2:
+            del self._behind[connection]
+            if client is not None:
+                logger.info(
+                    "client %s caught up after %d discarded messages",
+                    client.id,
+                    client.discarded - episode[0],
+                )
+            return False
+        elif (
+            time.monotonic() - episode[1] > self.max_behind
+            and not connection.transport.is_closing()
+        ):
+            logger.warning(
+                "dropped client %s: behind for more than max_behind %g s "
+                "with %d bytes waiting to be sent",
+                client.id if client else "?",
+                self.max_behind,
+                buffered,
+            )
+            connection.transport.abort()
+        self.totals["discarded"] += 1
+        if client is not None:
+            client.discarded += 1
         return True
 
     def _push(self, event: Event) -> None:
@@ -340,6 +493,7 @@ class PushHandler:
         """Handle one connection until it closes."""
         client = Client(connection.id.hex[:8], remote_address(connection))
         self.clients[connection] = client
+        limiter = None if self.max_rate is None else RateLimiter(self.max_rate)
         self.notify("connect", client)
         try:
             await self._reply(connection, WELCOME)
@@ -347,14 +501,39 @@ class PushHandler:
                 client.messages_in += 1
                 self.totals["in"] += 1
                 self.notify("message", client)
+                if limiter is not None and not limiter.allow():
+                    await self._close_over_rate(connection, client, limiter.rate)
+                    return
                 await self.handle_message(connection, message)
         finally:
             del self.clients[connection]
+            self._behind.pop(connection, None)
             for channel in client.subscriptions:
                 self._drop_subscriber(channel, connection)
             for channel in client.channels:
                 self.send_presence(channel)
             self.notify("disconnect", client)
+
+    async def _close_over_rate(
+        self, connection: ServerConnection, client: Client, max_rate: float
+    ) -> None:
+        """Close ``connection`` with 1008 because it sent over ``max_rate``."""
+        logger.warning(
+            "closing client %s from %s: sent over %g messages/s (max_rate)",
+            client.id,
+            client.remote,
+            max_rate,
+        )
+        closing = asyncio.create_task(
+            connection.close(1008, rate_limit_reason(max_rate))
+        )
+        # websockets keeps queueing data frames that arrive after its close
+        # frame. Unread, they would fill the queue and pause reading from the
+        # socket, so the client's close frame would wait for close_timeout.
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in connection:
+                pass
+        await closing
 
     async def handle_message(
         self, connection: ServerConnection, message: str | bytes
@@ -506,6 +685,39 @@ class PushHandler:
         text = check_text(command.get("text"))
         sender = {"id": client.id, "name": client.name}
         self.hub.publish({"from": sender, "text": text}, channel)
+
+    async def ping(self, connection: ServerConnection, command: dict[str, Any]) -> None:
+        """Reply with a ``pong`` carrying the ping's ``id`` and the server time."""
+        ping_id = _ping_id(command)
+        self.send([connection], {"type": "pong", "id": ping_id, "ts": time.time()})
+
+    # State
+
+    def client_table(self) -> list[dict[str, Any]]:
+        """Return one row per open connection, in order of arrival.
+
+        Each row has the keys ``id``, ``name``, ``remote``, ``latency_ms``,
+        ``buffered``, ``messages_in``, ``messages_out`` and ``discarded``.
+        ``latency_ms`` is the round trip of the last keepalive ping, from
+        websockets' ``connection.latency``; it is 0 before the first pong.
+        ``buffered`` counts the bytes waiting in the connection's write
+        buffer.
+        """
+        rows = []
+        for connection, client in self.clients.items():
+            rows.append(
+                {
+                    "id": client.id,
+                    "name": client.name,
+                    "remote": client.remote,
+                    "latency_ms": round(connection.latency * 1000, 3),
+                    "buffered": connection.transport.get_write_buffer_size(),
+                    "messages_in": client.messages_in,
+                    "messages_out": client.messages_out,
+                    "discarded": client.discarded,
+                }
+            )
+        return rows
 
     def close(self) -> None:
         """Stop receiving events from the hub."""

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
+import time
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 import rtkit
+from rtkit.hub import Hub
+from rtkit.push import PushHandler
 
-from .conftest import run, timeout
+from .conftest import run, timeout, until
 
 
 async def receive_json(client: ClientConnection) -> dict[str, Any]:
@@ -364,5 +371,173 @@ def test_push_subscription_and_channel_limits() -> None:
                 reply = await receive_json(client)
                 assert reply["code"] == "too_many_channels"
             assert server.push.subscribers == {}
+
+    run(scenario())
+
+
+# Limits and heartbeat
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"max_rate": 0}, "invalid max_rate: 0; use a number"),
+        ({"max_rate": "fast"}, "invalid max_rate: 'fast'"),
+        ({"slow_policy": "block"}, "invalid slow_policy: 'block'; use 'drop'"),
+    ],
+)
+def test_push_handler_invalid_options_raise(
+    options: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        PushHandler(Hub(), **options)
+
+
+def test_push_handler_options_default() -> None:
+    handler = PushHandler(Hub())
+    assert handler.max_rate == 100.0
+    assert handler.slow_policy == "drop"
+    assert PushHandler(Hub(), max_rate=None).max_rate is None
+
+
+def test_push_rate_limit_closes_with_1008(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.push")
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_rate=5, close_timeout=1) as server:
+            calm = await connect(server.ws_url, open_timeout=timeout(2))
+            await calm.recv()
+            flood = await connect(server.ws_url, open_timeout=timeout(2))
+            await flood.recv()
+            flood_id = list(server.push.clients.values())[-1].id
+            with pytest.raises(ConnectionClosed):
+                for number in range(20):
+                    await flood.send(f"message {number}")
+                    await asyncio.sleep(0)
+                async with asyncio.timeout(timeout(2)):
+                    while True:
+                        await flood.recv()
+            assert flood.close_code == 1008
+            assert flood.close_reason == (
+                "rate limit: over 5 messages/s (max_rate); slow down"
+            )
+            await calm.send("still here")
+            assert await calm.recv() == "Server received: still here"
+            await until(lambda: len(server.push.clients) == 1)
+            await calm.close()
+            warnings = [
+                r.getMessage() for r in caplog.records if "max_rate" in r.getMessage()
+            ]
+            assert len(warnings) == 1
+            assert flood_id in warnings[0]
+            assert "over 5 messages/s" in warnings[0]
+
+    run(scenario())
+
+
+def test_push_rate_limit_counts_pings() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_rate=3, close_timeout=1) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                pongs = 0
+                with pytest.raises(ConnectionClosed):
+                    for number in range(10):
+                        await client.send(json.dumps({"type": "ping", "id": number}))
+                        await receive_type(client, "pong")
+                        pongs += 1
+                assert pongs == 3
+                assert client.close_code == 1008
+
+    run(scenario())
+
+
+def test_push_rate_limit_none_allows_bursts() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_rate=None) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for number in range(300):
+                    await client.send(str(number))
+                for number in range(300):
+                    assert await client.recv() == f"Server received: {number}"
+
+    run(scenario())
+
+
+def test_push_ping_gets_pong() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for ping_id in [7, "tab-1:42", "x" * 64, -(2**53 - 1)]:
+                    before = time.time()
+                    await client.send(json.dumps({"type": "ping", "id": ping_id}))
+                    pong = await receive_json(client)
+                    assert pong["type"] == "pong"
+                    assert pong["id"] == ping_id
+                    assert before - 1 <= pong["ts"] <= time.time() + 1
+                await client.send(json.dumps({"type": "ping"}))
+                pong = await receive_json(client)
+                assert pong["type"] == "pong"
+                assert pong["id"] is None
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "ping_id",
+    [True, 1.5, "x" * 65, 2**53, [1], {"a": 1}],
+    ids=["bool", "float", "long-string", "huge-int", "list", "object"],
+)
+def test_push_ping_invalid_id_gets_error(ping_id: object) -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                await client.send(json.dumps({"type": "ping", "id": ping_id}))
+                error = await receive_json(client)
+                assert error["type"] == "error"
+                assert error["code"] == "invalid_id"
+                assert error["message"].startswith("invalid id: ")
+                assert "64 characters" in error["message"]
+                await client.send("still open")
+                assert await client.recv() == "Server received: still open"
+
+    run(scenario())
+
+
+def test_push_client_table_rows() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, ping_interval=0.1, ping_timeout=1) as server:
+            ada = await joined_client(server, "ada")
+            plain = await connect(server.ws_url, open_timeout=timeout(2))
+            await plain.recv()
+            await plain.send("hi")
+            await plain.recv()
+            await until(
+                lambda: all(r["latency_ms"] > 0 for r in server.push.client_table())
+            )
+            rows = server.push.client_table()
+            assert [row["name"] for row in rows] == ["ada", ""]
+            assert set(rows[0]) == {
+                "id",
+                "name",
+                "remote",
+                "latency_ms",
+                "buffered",
+                "messages_in",
+                "messages_out",
+                "discarded",
+            }
+            assert rows[0]["remote"].startswith("127.0.0.1:")
+            assert rows[1]["messages_in"] == 1
+            assert rows[1]["messages_out"] == 2
+            for row in rows:
+                assert 0 < row["latency_ms"] < 1000
+                assert row["buffered"] == 0
+                assert row["discarded"] == 0
+            await ada.close()
+            await plain.close()
 
     run(scenario())
