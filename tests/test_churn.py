@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import rtkit
+from rtkit.clients import Backoff, WebSocketSubscriber
 
 from .conftest import run, timeout, until
 
@@ -173,5 +174,54 @@ def test_stop_with_stalled_client_finishes() -> None:
         await asyncio.wait_for(server.stop(), timeout(5))
         assert not server.is_serving
         stalled.transport.abort()
+
+    run(scenario(), units=20)
+
+
+def test_subscribers_resume_under_random_drops() -> None:
+    """Ten reconnecting subscribers, dropped at random, each get every event once."""
+
+    async def scenario() -> None:
+        rng = random.Random(5)
+        async with rtkit.Server(port=0) as server:
+            subscribers = [
+                WebSocketSubscriber(
+                    server.url,
+                    name=f"subscriber {i}",
+                    reconnect=True,
+                    backoff=Backoff(base=0.02, cap=0.1, rng=random.Random(i)),
+                )
+                for i in range(10)
+            ]
+            for subscriber in subscribers:
+                subscriber.start()
+            await until(lambda: all(s.connected.is_set() for s in subscribers))
+            server.start_source(rate=200)
+            drops = 0
+            for _ in range(20):
+                await asyncio.sleep(rng.uniform(0, 0.1))
+                connections = server.connections
+                if connections:
+                    rng.choice(connections).transport.abort()
+                    drops += 1
+            await server.stop_source()
+            last = server.hub.latest
+            # Give the last drop time to reach its client, which may already
+            # have every event and still look connected.
+            await asyncio.sleep(0.1)
+            await until(
+                lambda: all(
+                    s.follower.since == last and s.connected.is_set()
+                    for s in subscribers
+                ),
+                units=5,
+            )
+            for subscriber in subscribers:
+                follower = await subscriber.stop()
+                assert [d.seq for d in follower.deliveries] == list(range(1, last + 1))
+                assert follower.duplicates == 0
+                assert follower.missed == 0
+                assert subscriber.reconnects == len(subscriber.outages)
+            assert sum(s.reconnects for s in subscribers) == drops
 
     run(scenario(), units=20)
