@@ -16,8 +16,10 @@ const FILE_PAGE_URL = "ws://localhost:8765/ws";
 const FILE_PAGE_POLL_URL = "http://localhost:8765/poll";
 const SERVER_PAGE_URL = "http://127.0.0.1:8765/";
 
-/** Pause before the next attempt after a failed poll or a lost push connection. */
+/** Pause before the next poll after a failed one. */
 const RETRY_DELAY_MS = 1000;
+/** Bound on the page's GET /login and GET /ws requests. */
+const CHECK_TIMEOUT_MS = 5000;
 /** How long a long poll may wait for an event, below rtkit's maximum of 30 s. */
 const LONG_POLL_WAIT_S = 25;
 /** How much longer than its wait a poll may take before the page gives up on it. */
@@ -51,8 +53,8 @@ const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
 /**
  * The page's modes. `endpoint` is the kind of URL the mode connects to,
  * `follows` is true for the modes that follow the event stream, and
- * `reconnects` is true for the WebSocket modes that reconnect after
- * RETRY_DELAY_MS when an opened connection is lost.
+ * `reconnects` is true for the WebSocket modes that reconnect with backoff
+ * when an opened connection is lost, and that send heartbeat pings.
  */
 const MODES = {
   echo: { label: "Echo (WebSocket)", endpoint: "websocket", follows: false, reconnects: false },
@@ -61,6 +63,25 @@ const MODES = {
   "short-poll": { label: "Events: short poll", endpoint: "poll", follows: true, reconnects: false },
   chat: { label: "Chat (WebSocket)", endpoint: "websocket", follows: false, reconnects: true },
 };
+
+/**
+ * The reconnect and heartbeat settings in seconds, with the range a query
+ * parameter of the same name may set. A page opened with
+ * ?backoff_base=0.1&heartbeat_interval=1 reconnects and pings faster, as the
+ * tests do. A heartbeat_interval of 0 turns the heartbeat off.
+ */
+const SETTING_RANGES = {
+  backoff_base: { fallback: 1, min: 0.01, max: 60 },
+  backoff_cap: { fallback: 30, min: 0.01, max: 3600 },
+  stable_after: { fallback: 10, min: 0, max: 3600 },
+  heartbeat_interval: { fallback: 10, min: 0, max: 3600 },
+  heartbeat_timeout: { fallback: 5, min: 0.01, max: 3600 },
+};
+
+/** The settings in effect, read by init() from the page's query parameters. */
+const settings = Object.fromEntries(
+  Object.entries(SETTING_RANGES).map(([name, range]) => [name, range.fallback]),
+);
 
 const state = {
   mode: "echo",
@@ -115,6 +136,12 @@ const messageHandlers = {
   presence(message, text) {
     log("received", text);
   },
+  // The reply to a heartbeat ping, or to a ping typed by hand in echo mode.
+  pong(message, text) {
+    if (!acceptPong(state.session, message)) {
+      log("received", text);
+    }
+  },
 };
 
 /** Returns the text shown for a server's {"type": "error", "code", "message"}. */
@@ -124,6 +151,34 @@ function describeServerError(message) {
   }
   const code = typeof message.code === "string" ? ` (${message.code})` : "";
   return `server error${code}: ${message.message}`;
+}
+
+// Settings
+
+/**
+ * Reads the settings from the query parameters of `location` into `settings`.
+ * Returns an error text for each parameter that is not a number in its range.
+ * Such a parameter leaves its default in effect.
+ */
+function readSettings(location) {
+  const parameters = new URLSearchParams(location.search);
+  const errors = [];
+  for (const [name, range] of Object.entries(SETTING_RANGES)) {
+    const raw = parameters.get(name);
+    if (raw === null) {
+      continue;
+    }
+    const value = Number(raw);
+    if (raw.trim() === "" || !Number.isFinite(value) || value < range.min || value > range.max) {
+      errors.push(
+        `invalid query parameter ${name}=${quoteValue(raw)}: pass seconds from ` +
+          `${range.min} to ${range.max}. Using the default, ${range.fallback} s.`,
+      );
+      continue;
+    }
+    settings[name] = value;
+  }
+  return errors;
 }
 
 // URLs
@@ -182,14 +237,36 @@ function describeClose(code, reason) {
   return reason ? `${text}: ${reason}` : `${text}, no reason given`;
 }
 
-/** Returns the lines explaining why a connection closed before it opened. */
-function explainFailedOpen(url, location, code, reason) {
+/**
+ * Returns the lines explaining why a connection closed before it opened.
+ *
+ * The browser hides the HTTP status of a failed upgrade. `check` is what a
+ * plain GET of the same URL returned (see checkUpgrade), or null when the
+ * page could not send one. `credentials` are the token settings of the attempt.
+ */
+function explainFailedOpen(url, location, code, reason, check = null, credentials = { via: null }) {
+  const closed = `The connection closed before it opened: ${describeClose(code, reason)}.`;
+  const plainGet = "The browser hides the HTTP status of a failed upgrade, so the page sent a plain GET.";
+  if (check?.status === 503) {
+    return [
+      `${closed} ${plainGet} ${describeUpgradeCheck(check)}`,
+      "Press Connect again once other clients have left, or start the server with a larger max_connections.",
+    ];
+  }
+  if (check?.status === 401) {
+    const fix =
+      credentials.via === null
+        ? "Enter the server's token in the Token field, then press Connect."
+        : "Check the token, and how the page sends it (the choice next to the Token field), then press Connect.";
+    return [`${closed} ${plainGet} ${describeUpgradeCheck(check)}`, fix];
+  }
+  const checked = check === null ? "" : ` ${describeUpgradeCheck(check)}`;
   const lines = [
-    `The connection closed before it opened: ${describeClose(code, reason)}. ` +
+    `${closed} ` +
       "The browser hides the HTTP status of a failed upgrade, so the likely " +
       `causes are that the server is not running, the URL or path (${url}) is ` +
       "wrong, or the server rejected this page's Origin with HTTP 403 (the " +
-      "server's log gives the reason).",
+      `server's log gives the reason).${checked}`,
   ];
   const originProblem = describeOriginProblem(location, url);
   if (originProblem !== null) {
@@ -348,18 +425,47 @@ function render() {
   ui.status.textContent = polling ? "polling" : STATUS_TEXT[state.status];
   ui.status.dataset.state = state.status;
   const idle = state.status === "closed";
-  const echoOpen = state.mode === "echo" && state.status === "open";
+  const echoOpen = state.mode === "echo" && isReady();
   ui.url.readOnly = !idle;
   ui.connect.disabled = !idle;
   ui.disconnect.disabled = idle || state.status === "closing";
   ui.message.disabled = !echoOpen;
   ui.send.disabled = !echoOpen;
   renderChatControls();
+  renderReconnect();
+  renderHeartbeat();
+}
+
+/** Returns whether the connection is open and, with a token in the first message, accepted. */
+function isReady() {
+  return state.status === "open" && state.session?.authenticating !== true;
 }
 
 function setStatus(status) {
   state.status = status;
   render();
+}
+
+/** Explains the reconnect and heartbeat settings in effect. */
+function renderReliabilityNote() {
+  const { backoff_base: base, backoff_cap: cap, stable_after: stableAfter } = settings;
+  let text =
+    `After a lost connection, attempt n waits a random time between 0 and ` +
+    `min(${cap} s, ${base} s × 2^(n−1)) before it reconnects: exponential backoff ` +
+    "with full jitter, so pages that lost the same server do not all come back " +
+    `at the same moment. The count starts over after a connection stays up for ${stableAfter} s. `;
+  if (settings.heartbeat_interval === 0) {
+    text += "The heartbeat is off. ";
+  } else {
+    text +=
+      `Every ${settings.heartbeat_interval} s the page sends {"type": "ping"} and ` +
+      `expects a pong within ${settings.heartbeat_timeout} s. Without one, it ` +
+      "reconnects. ";
+  }
+  text +=
+    "The query parameters backoff_base, backoff_cap, stable_after, " +
+    "heartbeat_interval (0 turns it off) and heartbeat_timeout change these seconds.";
+  ui.reliabilityNote.textContent = text;
 }
 
 /** Shows the controls of the current mode. */
@@ -371,6 +477,7 @@ function renderMode() {
   ui.eventsPanel.hidden = !mode.follows;
   ui.sendForm.hidden = state.mode !== "echo";
   ui.chatPanel.hidden = state.mode !== "chat";
+  ui.reliabilityNote.hidden = !mode.reconnects;
   document.body.dataset.mode = state.mode;
   for (const input of ui.modeInputs) {
     input.checked = input.value === state.mode;
@@ -409,6 +516,7 @@ function connect(url) {
   state.urls[mode.endpoint] = url;
   state.intervalRejected = false;
   resetCounters();
+  clearProblem();
 
   let session;
   if (mode.endpoint === "poll") {
@@ -445,6 +553,7 @@ function disconnect() {
     setStatus("closing");
     log("system", "closing the connection");
     session.closeRequested = true;
+    stopHeartbeat(session);
     session.transport.close(1000, "client disconnected");
     return;
   }
@@ -493,13 +602,13 @@ function endSession(session) {
 
 // Failures are logged once per distinct message. Identical failures in a row
 // are only counted, and the count is logged when the session recovers.
-function reportFailure(session, text) {
+function reportFailure(session, text, retryText = `Retrying in ${RETRY_DELAY_MS / 1000} s`) {
   counters.errors += 1;
   renderCounters();
   session.failures += 1;
   if (text !== session.lastFailure) {
     session.lastFailure = text;
-    log("error", `${text}. Retrying in ${RETRY_DELAY_MS / 1000} s.`);
+    log("error", `${text}. ${retryText}.`);
   }
 }
 
@@ -512,13 +621,27 @@ function reportRecovery(session) {
   session.lastFailure = null;
 }
 
+/** Shows `text` as the current connection problem, above the mode's panel. */
+function showProblem(text) {
+  ui.problem.textContent = text;
+  ui.problem.hidden = false;
+}
+
+function clearProblem() {
+  ui.problem.hidden = true;
+  ui.problem.textContent = "";
+}
+
 // WebSocket: echo, push and chat
 
 /**
- * Returns a WebSocket session for `mode`: echo, push or chat. After each open,
- * a push session subscribes to the event stream, a chat session rejoins its
- * channel and an echo session sends GREETING. Push and chat sessions reconnect
- * after RETRY_DELAY_MS when an opened connection is lost.
+ * Returns a WebSocket session for `mode`: echo, push or chat.
+ *
+ * After each open, and after the server confirmed a token sent in the first
+ * message, a push session subscribes to the event stream, a chat session
+ * rejoins its channel and an echo session sends GREETING. Push and chat
+ * sessions also send heartbeat pings, and reconnect with backoff when an
+ * opened connection is lost.
  */
 function newWebSocketSession(url, mode) {
   return {
@@ -528,20 +651,32 @@ function newWebSocketSession(url, mode) {
     follows: MODES[mode].follows,
     reconnects: MODES[mode].reconnects,
     transport: null,
+    /** The current connection attempt: its credentials and the URL opened. */
     attempt: null,
     opened: false,
     everOpened: false,
+    /** When the current connection opened, on the performance.now() clock. */
+    openedAt: 0,
+    /** Whether the page waits for the server to accept the token it sent in the first message. */
+    authenticating: false,
     closeRequested: false,
     closedSocket: false,
-    retryTimer: null,
+    /** Reconnect attempts since the last connection that stayed up for stable_after seconds. */
+    backoffAttempts: 0,
+    /** The pending reconnect (attempt, delayMs, ceilingMs, dueAt, timer), or null. */
+    retry: null,
+    /** The heartbeat of the current connection, or null. */
+    heartbeat: null,
     failures: 0,
     lastFailure: null,
+    /** The last explanation of a failed reconnect, logged once until the session recovers. */
+    lastDiagnosis: null,
     start() {
       connectSocket(this);
     },
     stop(reason) {
-      clearTimeout(this.retryTimer);
-      this.retryTimer = null;
+      cancelReconnect(this);
+      stopHeartbeat(this);
       this.closeRequested = true;
       if (this.transport !== null) {
         this.transport.close(1000, reason);
@@ -551,21 +686,39 @@ function newWebSocketSession(url, mode) {
   };
 }
 
+/**
+ * Starts a connection attempt with the token settings in the form. With the
+ * cookie method, the page logs in at /login first.
+ */
 function connectSocket(session) {
   setStatus("connecting");
+  const credentials = readCredentials();
   // While the server is down, each retry fails the same way, and the first
   // failure is already in the log.
   if (session.failures === 0) {
-    log("system", `connecting to ${session.url}`);
+    log("system", `connecting to ${session.url}${describeCredentials(credentials)}`);
+  }
+  const attempt = { credentials, url: session.url };
+  session.attempt = attempt;
+  session.opened = false;
+  session.authenticating = false;
+  if (credentials.via === "cookie") {
+    logInThenOpen(session, attempt);
+  } else {
+    openSocket(session, attempt);
+  }
+}
+
+function openSocket(session, attempt) {
+  const { token, via } = attempt.credentials;
+  if (via === "query") {
+    attempt.url = withQueryToken(session.url, token);
   }
   // Events of an earlier socket of this session, or of a session that was
   // switched away from, must not change the page.
-  const attempt = {};
   const isCurrent = () => session.attempt === attempt && !session.closedSocket;
-  session.attempt = attempt;
-  session.opened = false;
   try {
-    session.transport = openWebSocket(session.url, {
+    session.transport = openWebSocket(attempt.url, {
       onOpen: () => isCurrent() && handleOpen(session),
       onMessage: (data) => isCurrent() && handleMessage(session, data),
       onClose: (code, reason, wasClean) =>
@@ -577,19 +730,74 @@ function connectSocket(session) {
     // such as an ftp: URL or one with a fragment.
     session.transport = null;
     endSession(session);
-    log("error", `cannot connect to ${session.url}: ${error.message}`);
+    log("error", `cannot connect to ${session.url}: ${hideToken(error.message, token)}`);
   }
 }
 
-/** Sends `text` on the open connection and logs it. Returns whether it was sent. */
-function send(text) {
+/**
+ * Sends the token to GET /login as Authorization: Bearer, which returns a
+ * session cookie, then opens the WebSocket. The browser sends that cookie with
+ * the upgrade request.
+ */
+async function logInThenOpen(session, attempt) {
+  const loginUrl = sameOriginUrl(session.url, "login");
+  let failure = null;
+  if (loginUrl === null) {
+    failure =
+      `cannot log in for ${session.url}: the cookie method needs the server on ` +
+      `this page's origin ${window.location.origin}, because the browser keeps ` +
+      "cookies per site and the page cannot read the response of another origin";
+  } else {
+    try {
+      const response = await fetch(loginUrl, {
+        cache: "no-store",
+        headers: { Authorization: `Bearer ${attempt.credentials.token}` },
+        signal: AbortSignal.timeout(CHECK_TIMEOUT_MS),
+      });
+      const text = await response.text();
+      if (!response.ok) {
+        failure = `logging in at ${loginUrl} failed: ${describeHttpError(response, text)}`;
+      }
+    } catch (error) {
+      failure = `logging in at ${loginUrl} failed: ${describeFetchError(error)}`;
+    }
+  }
+  if (session.attempt !== attempt || session.closeRequested) {
+    return;
+  }
+  if (failure === null) {
+    openSocket(session, attempt);
+    return;
+  }
+  if (session.reconnects && session.everOpened) {
+    const retry = scheduleReconnect(session);
+    reportFailure(session, failure, describeRetry(retry));
+    showProblem(failure);
+    return;
+  }
+  endSession(session);
+  log("error", failure);
+  showProblem(failure);
+}
+
+/** Sends `text` on the open connection and logs `logText`. Returns whether it was sent. */
+function send(text, logText = text) {
   const session = state.session;
   if (session === null || session.kind !== "websocket" || state.status !== "open") {
     log("error", "not sent: the connection is not open");
     return false;
   }
-  if (!session.transport.send(text)) {
+  if (!transmit(session, text)) {
     log("error", "not sent: the connection is closing");
+    return false;
+  }
+  log("sent", logText);
+  return true;
+}
+
+/** Sends `text` without logging it, and counts its bytes in the event modes. */
+function transmit(session, text) {
+  if (session.transport === null || !session.transport.send(text)) {
     return false;
   }
   if (session.follows) {
@@ -597,7 +805,6 @@ function send(text) {
     counters.sent.overhead += frameHeaderLength(utf8Length(text), true);
     renderCounters();
   }
-  log("sent", text);
   return true;
 }
 
@@ -607,26 +814,43 @@ function handleOpen(session) {
   }
   session.opened = true;
   session.everOpened = true;
+  session.openedAt = performance.now();
+  session.authenticating = session.attempt.credentials.via === "message";
   setStatus("open");
   log("system", `open: connected to ${session.url}`);
   reportRecovery(session);
+  if (session.authenticating) {
+    const { token } = session.attempt.credentials;
+    send(JSON.stringify({ type: "auth", token }), JSON.stringify({ type: "auth", token: "…" }));
+    return;
+  }
+  beginSession(session);
+}
+
+/** Starts what the session's mode does on an open, authenticated connection. */
+function beginSession(session) {
+  session.authenticating = false;
+  session.lastDiagnosis = null;
+  clearProblem();
+  render();
   if (session.mode === "chat") {
     rejoinAfterOpen();
-    return;
-  }
-  if (!session.follows) {
+  } else if (!session.follows) {
     send(GREETING);
     ui.message.focus();
-    return;
+  } else {
+    counters.requests += 1;
+    renderCounters();
+    renderBytesNote();
+    const subscription = { type: "subscribe", since: position.seq };
+    if (position.epoch !== null) {
+      subscription.epoch = position.epoch;
+    }
+    send(JSON.stringify(subscription));
   }
-  counters.requests += 1;
-  renderCounters();
-  renderBytesNote();
-  const subscription = { type: "subscribe", since: position.seq };
-  if (position.epoch !== null) {
-    subscription.epoch = position.epoch;
+  if (session.reconnects) {
+    startHeartbeat(session);
   }
-  send(JSON.stringify(subscription));
 }
 
 /**
@@ -651,6 +875,12 @@ function handleMessage(session, data) {
     log("received", data);
     return;
   }
+  if (session.authenticating && acceptAuthReply(session, message)) {
+    return;
+  }
+  if (message.type === "error" && acceptPingRejection(session, message)) {
+    return;
+  }
   let handler = null;
   if (session.mode === "chat" && Object.hasOwn(chatMessageHandlers, message.type)) {
     handler = chatMessageHandlers[message.type];
@@ -662,6 +892,32 @@ function handleMessage(session, data) {
     return;
   }
   handler(message, data);
+}
+
+/**
+ * Handles the server's reply to the auth message. Returns whether `message`
+ * was that reply: {"type": "authenticated"}, or an error from a server that
+ * does not expect an auth message, after which the session starts anyway.
+ * A server that rejects the token closes the connection with 1008 instead.
+ */
+function acceptAuthReply(session, message) {
+  if (message.type === "authenticated") {
+    log("system", "authenticated: the server accepted the token");
+    beginSession(session);
+    return true;
+  }
+  if (message.type === "error") {
+    log("error", describeServerError(message));
+    log(
+      "system",
+      "The server rejected the auth message, so it probably does not expect one. " +
+        "Continuing without it. To send the token another way, change the choice " +
+        "next to the Token field and press Connect.",
+    );
+    beginSession(session);
+    return true;
+  }
+  return false;
 }
 
 // Returns the parsed object, or null when `text` is not a JSON object with a
@@ -690,11 +946,8 @@ function handleError(session) {
 
 function handleClose(session, code, reason, wasClean) {
   const opened = session.opened;
-  session.opened = false;
-  session.transport = null;
-  if (session.mode === "chat") {
-    handleChatConnectionLost();
-  }
+  const attempt = session.attempt;
+  detachConnection(session);
   if (session.closeRequested) {
     endSession(session);
     if (!opened) {
@@ -704,30 +957,441 @@ function handleClose(session, code, reason, wasClean) {
     log(wasClean ? "system" : "error", `closed: ${describeClose(code, reason)}`);
     return;
   }
+  const kind = wasClean ? "system" : "error";
+  if (isAuthenticationFailure(code, reason)) {
+    // A retry would send the same token again, so wait for the user to fix it.
+    endSession(session);
+    log("error", `closed: ${describeClose(code, reason)}. Not reconnecting: correct the token, then connect again.`);
+    explainClose(code, reason);
+    return;
+  }
   if (session.reconnects && session.everOpened) {
     if (opened) {
-      const kind = wasClean ? "system" : "error";
-      log(kind, `closed: ${describeClose(code, reason)}. Reconnecting in ${RETRY_DELAY_MS / 1000} s.`);
-      counters.errors += 1;
-      renderCounters();
+      const retry = scheduleReconnectAfterLoss(session);
+      log(kind, `closed: ${describeClose(code, reason)}. ${describeRetry(retry)}.`);
+      explainClose(code, reason);
     } else {
-      reportFailure(session, `reconnecting to ${session.url} failed: ${describeClose(code, reason)}`);
+      const retry = scheduleReconnect(session);
+      reportFailure(session, `reconnecting to ${session.url} failed: ${describeClose(code, reason)}`, describeRetry(retry));
+      diagnoseFailedReconnect(session, attempt);
     }
-    setStatus("retrying");
-    session.retryTimer = setTimeout(() => {
-      session.retryTimer = null;
-      connectSocket(session);
-    }, RETRY_DELAY_MS);
     return;
   }
   endSession(session);
   if (!opened) {
-    for (const line of explainFailedOpen(session.url, window.location, code, reason)) {
-      log("error", line);
-    }
+    explainFailedOpenAfterCheck(attempt, code, reason);
     return;
   }
-  log(wasClean ? "system" : "error", `closed: ${describeClose(code, reason)}`);
+  log(kind, `closed: ${describeClose(code, reason)}`);
+  explainClose(code, reason);
+}
+
+/** Tells whether the server closed the connection because it rejected the token. */
+function isAuthenticationFailure(code, reason) {
+  return code === 1008 && reason.startsWith("authentication failed");
+}
+
+/** Clears the state of the session's connection, which closed or was given up. */
+function detachConnection(session) {
+  session.opened = false;
+  session.authenticating = false;
+  session.transport = null;
+  stopHeartbeat(session);
+  if (session.mode === "chat") {
+    handleChatConnectionLost();
+  }
+}
+
+/**
+ * Logs and shows why the server closed an open connection, for the close
+ * codes whose cause the page can name: 1008 from rtkit's rate limit or token
+ * check, 1009 and 1011.
+ */
+function explainClose(code, reason) {
+  let text = null;
+  if (code === 1008 && reason.startsWith("rate limit")) {
+    text =
+      "The server closed the connection because this page sent more messages per " +
+      "second than the server's max_rate allows. Every message counts, heartbeat " +
+      "pings included. Send less often.";
+  } else if (isAuthenticationFailure(code, reason)) {
+    text =
+      "The server rejected the token. Check the Token field and how the page " +
+      "sends it, then connect again.";
+  } else if (code === 1008) {
+    text = "The server closed the connection for breaking one of its rules, which the reason names.";
+  } else if (code === 1009) {
+    text =
+      "The server closed the connection because a message was larger than its " +
+      "max_size. Send a smaller message, or start the server with a larger max_size.";
+  } else if (code === 1011) {
+    text =
+      "The server closed the connection with an internal error: a handler raised " +
+      "an exception (the server's log shows the traceback), or the server's " +
+      "keepalive ping got no pong in time.";
+  }
+  if (text !== null) {
+    log("error", text);
+    showProblem(`Closed with ${describeClose(code, reason)}. ${text}`);
+  }
+}
+
+// Reconnecting
+
+/**
+ * Schedules the next attempt after an open connection was lost. The backoff
+ * starts over when the connection stayed up for stable_after seconds.
+ */
+function scheduleReconnectAfterLoss(session) {
+  const upMs = performance.now() - session.openedAt;
+  if (upMs >= settings.stable_after * 1000) {
+    session.backoffAttempts = 0;
+  }
+  counters.errors += 1;
+  renderCounters();
+  return scheduleReconnect(session);
+}
+
+/**
+ * Schedules the next connection attempt of `session` after a random delay:
+ * exponential backoff with full jitter. Attempt n (from 1) waits between 0 and
+ * min(backoff_cap, backoff_base × 2^(n−1)) seconds, so pages that lost the
+ * same server do not all come back at the same moment.
+ */
+function scheduleReconnect(session) {
+  session.backoffAttempts += 1;
+  const attempt = session.backoffAttempts;
+  const ceilingMs = Math.min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1)) * 1000;
+  const delayMs = Math.random() * ceilingMs;
+  const timer = setTimeout(() => reconnectNow(session), delayMs);
+  session.retry = { attempt, delayMs, ceilingMs, dueAt: performance.now() + delayMs, timer };
+  setStatus("retrying");
+  return session.retry;
+}
+
+function describeRetry(retry) {
+  return `Reconnecting in ${formatSeconds(retry.delayMs)} s (attempt ${retry.attempt})`;
+}
+
+function formatSeconds(milliseconds) {
+  return (milliseconds / 1000).toFixed(milliseconds < 10000 ? 2 : 1);
+}
+
+/** Starts the pending reconnect of `session` without waiting for its delay. */
+function reconnectNow(session) {
+  if (session.retry === null) {
+    return;
+  }
+  cancelReconnect(session);
+  connectSocket(session);
+}
+
+function cancelReconnect(session) {
+  if (session.retry !== null) {
+    clearTimeout(session.retry.timer);
+    session.retry = null;
+  }
+  renderReconnect();
+}
+
+let countdownTimer = null;
+
+/** Shows the pending reconnect with its countdown, and the Reconnect now button. */
+function renderReconnect() {
+  const session = state.session;
+  const retry = session?.kind === "websocket" ? session.retry : null;
+  ui.reconnectBar.hidden = retry === null;
+  if (retry === null) {
+    clearInterval(countdownTimer);
+    countdownTimer = null;
+    return;
+  }
+  const remainingMs = Math.max(0, retry.dueAt - performance.now());
+  ui.reconnectText.textContent = `reconnecting in ${(remainingMs / 1000).toFixed(1)} s (attempt ${retry.attempt})`;
+  const data = ui.reconnectBar.dataset;
+  data.attempt = String(retry.attempt);
+  data.delayMs = retry.delayMs.toFixed(1);
+  data.ceilingMs = retry.ceilingMs.toFixed(1);
+  if (countdownTimer === null) {
+    countdownTimer = setInterval(renderReconnect, 100);
+  }
+}
+
+/**
+ * Requests the URL of a failed reconnect with a plain GET, and logs what the
+ * response shows, once per distinct text until the session recovers.
+ */
+async function diagnoseFailedReconnect(session, attempt) {
+  const check = await checkUpgrade(attempt.url);
+  // With 426, the server came back after the attempt failed, so the next
+  // attempt is likely to succeed.
+  if (check === null || check.status === 426) {
+    return;
+  }
+  const text = describeUpgradeCheck(check);
+  if (state.session !== session || session.opened || text === session.lastDiagnosis) {
+    return;
+  }
+  session.lastDiagnosis = text;
+  log("error", text);
+  showProblem(text);
+}
+
+/**
+ * Logs why the first connection of a session failed, after a plain GET of its
+ * URL. The browser shows the page the status of that response, unlike the
+ * status of a failed upgrade.
+ */
+async function explainFailedOpenAfterCheck(attempt, code, reason) {
+  const check = await checkUpgrade(attempt.url);
+  const lines = explainFailedOpen(attempt.url, window.location, code, reason, check, attempt.credentials);
+  for (const line of lines) {
+    log("error", hideToken(line, attempt.credentials.token));
+  }
+  // A session started in the meantime has problems of its own.
+  if (state.session === null) {
+    showProblem(hideToken(lines[0], attempt.credentials.token));
+  }
+}
+
+/**
+ * Requests the WebSocket URL `url` with a plain GET and returns the result as
+ * { url, status, error }, where error describes the response status or the
+ * failed request. rtkit responds to such a GET with the status an upgrade
+ * would get (503 when full, 401 without a valid token) or with 426 Upgrade
+ * Required. Returns null for a URL of another origin, whose response the
+ * browser would hide from the page.
+ */
+async function checkUpgrade(url) {
+  const target = sameOriginUrl(url, "");
+  if (target === null) {
+    return null;
+  }
+  const shownUrl = stripQuery(target);
+  try {
+    const response = await fetch(target, {
+      cache: "no-store",
+      signal: AbortSignal.timeout(CHECK_TIMEOUT_MS),
+    });
+    const text = await response.text();
+    let error = describeHttpError(response, text);
+    const retryAfter = response.headers.get("Retry-After");
+    if (retryAfter !== null) {
+      error += ` (Retry-After: ${retryAfter} s)`;
+    }
+    return { url: shownUrl, status: response.status, error };
+  } catch (error) {
+    return { url: shownUrl, status: null, error: describeFetchError(error) };
+  }
+}
+
+/** Returns a sentence on the result of checkUpgrade(), or null without one. */
+function describeUpgradeCheck(check) {
+  if (check === null) {
+    return null;
+  }
+  const request = `GET ${check.url}`;
+  switch (check.status) {
+    case null:
+      return `${request} failed as well: ${check.error}.`;
+    case 426:
+      return (
+        `${request} returned HTTP 426 Upgrade Required, so a server is running ` +
+        "there that has room for this connection and needs no token from it."
+      );
+    case 503:
+      return `The server is full: ${request} returned ${check.error}.`;
+    case 401:
+      return `The server requires a token: ${request} returned ${check.error}.`;
+    default:
+      return `${request} returned ${check.error}.`;
+  }
+}
+
+/**
+ * Returns `url`, a WebSocket URL, as an http(s) URL resolved against `path`
+ * ("" for the URL itself, "login" for the login next to it), or null when it
+ * is invalid or not of this page's origin.
+ */
+function sameOriginUrl(url, path) {
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    return null;
+  }
+  const schemes = { "ws:": "http:", "wss:": "https:", "http:": "http:", "https:": "https:" };
+  if (!Object.hasOwn(schemes, target.protocol)) {
+    return null;
+  }
+  target.protocol = schemes[target.protocol];
+  target.hash = "";
+  if (path !== "") {
+    target = new URL(path, target);
+  }
+  return target.origin === window.location.origin ? target.href : null;
+}
+
+/** Returns why fetch() rejected: a timeout, a network error or another error. */
+function describeFetchError(error) {
+  if (error.name === "TimeoutError") {
+    return `no response within ${CHECK_TIMEOUT_MS / 1000} s, so the server may be blocked`;
+  }
+  if (error instanceof TypeError) {
+    return `a network error (${error.message}), so the server is probably not running`;
+  }
+  return `${error.name}: ${error.message}`;
+}
+
+// Heartbeat
+//
+// Browsers reply to the server's WebSocket pings but cannot send their own, so
+// the page sends {"type": "ping", "id"} messages, and rtkit replies to each
+// with {"type": "pong", "id", "ts"}. A pong measures the round trip through the
+// server's event loop. Without one, that loop is probably blocked.
+
+/** Sends the first heartbeat ping of a connection, unless heartbeat_interval is 0. */
+function startHeartbeat(session) {
+  if (settings.heartbeat_interval === 0) {
+    return;
+  }
+  session.heartbeat = { nextId: 1, pending: null, timer: null, roundTripMs: null };
+  sendPing(session);
+}
+
+function stopHeartbeat(session) {
+  if (session.heartbeat !== null) {
+    clearTimeout(session.heartbeat.timer);
+    session.heartbeat = null;
+  }
+  renderHeartbeat();
+}
+
+function sendPing(session) {
+  const heartbeat = session.heartbeat;
+  const id = heartbeat.nextId;
+  heartbeat.nextId += 1;
+  heartbeat.pending = { id, sentAt: performance.now() };
+  if (!transmit(session, JSON.stringify({ type: "ping", id }))) {
+    // The connection is closing, and its close event stops the heartbeat.
+    return;
+  }
+  heartbeat.timer = setTimeout(() => handleMissingPong(session), settings.heartbeat_timeout * 1000);
+  renderHeartbeat();
+}
+
+/**
+ * Records the pong of the pending ping and schedules the next ping one
+ * interval after this one was sent. Returns false for any other pong.
+ */
+function acceptPong(session, message) {
+  const heartbeat = session?.heartbeat;
+  if (!heartbeat || heartbeat.pending === null || message.id !== heartbeat.pending.id) {
+    return false;
+  }
+  const now = performance.now();
+  heartbeat.roundTripMs = now - heartbeat.pending.sentAt;
+  const nextAt = heartbeat.pending.sentAt + settings.heartbeat_interval * 1000;
+  heartbeat.pending = null;
+  clearTimeout(heartbeat.timer);
+  heartbeat.timer = setTimeout(() => sendPing(session), Math.max(0, nextAt - now));
+  renderHeartbeat();
+  return true;
+}
+
+/**
+ * Turns the heartbeat off when the server rejected a ping as an unknown
+ * message type, as servers without the ping command do. Returns whether
+ * `message` was that rejection. The page sends no other command that a
+ * server could call unknown, so an unknown_type error while a ping waits for
+ * its pong is the ping's.
+ */
+function acceptPingRejection(session, message) {
+  const heartbeat = session.heartbeat;
+  if (!heartbeat || heartbeat.pending === null || message.code !== "unknown_type") {
+    return false;
+  }
+  log("error", describeServerError(message));
+  log("system", "The server does not answer pings, so the heartbeat is off for this connection.");
+  stopHeartbeat(session);
+  return true;
+}
+
+/**
+ * Gives up the connection whose server sent no pong in time, and reconnects.
+ *
+ * The close handshake needs a close frame from the server, which a blocked
+ * server does not send, so the page stops listening to the socket at once.
+ * NOTE: browsers delay timers in background tabs, so there the page can
+ * notice a missing pong later than heartbeat_timeout.
+ */
+function handleMissingPong(session) {
+  if (session.closeRequested) {
+    return;
+  }
+  const pending = session.heartbeat.pending;
+  const timeout = formatSeconds(settings.heartbeat_timeout * 1000);
+  const text =
+    `The server is not answering: no pong within ${timeout} s of ping ${pending.id}. ` +
+    "Its event loop may be blocked, for example by a long computation or " +
+    "time.sleep() in a notebook cell.";
+  session.transport.close(4000, "no pong in time");
+  session.attempt = null;
+  detachConnection(session);
+  const retry = scheduleReconnectAfterLoss(session);
+  log("error", `${text} Closing the connection. ${describeRetry(retry)}.`);
+  showProblem(text);
+}
+
+/** Shows the heartbeat's last round trip in the header, when it runs. */
+function renderHeartbeat() {
+  const heartbeat = state.session?.kind === "websocket" ? state.session.heartbeat : null;
+  ui.heartbeat.hidden = heartbeat === null;
+  if (heartbeat === null) {
+    delete ui.heartbeat.dataset.roundTripMs;
+    return;
+  }
+  if (heartbeat.roundTripMs === null) {
+    ui.heartbeat.textContent = "ping sent, waiting for the pong";
+    return;
+  }
+  ui.heartbeat.textContent = `round trip ${heartbeat.roundTripMs.toFixed(1)} ms`;
+  ui.heartbeat.dataset.roundTripMs = heartbeat.roundTripMs.toFixed(3);
+}
+
+// Tokens
+
+/** Returns the token and how to send it, from the form; `via` is null without a token. */
+function readCredentials() {
+  const token = ui.token.value.trim();
+  return { token, via: token === "" ? null : ui.tokenVia.value };
+}
+
+function describeCredentials(credentials) {
+  switch (credentials.via) {
+    case "query":
+      return " with the token in the query string";
+    case "message":
+      return ", then sending the token in the first message";
+    case "cookie":
+      return " after logging in at /login for a session cookie";
+    default:
+      return "";
+  }
+}
+
+function withQueryToken(url, token) {
+  const target = new URL(url);
+  target.searchParams.set("token", token);
+  return target.href;
+}
+
+/** Returns `text` with every copy of `token`, as is and URL-encoded, replaced by "…". */
+function hideToken(text, token) {
+  if (!token) {
+    return text;
+  }
+  return text.split(token).join("…").split(encodeURIComponent(token)).join("…");
 }
 
 function openWebSocket(url, events) {
@@ -938,7 +1602,7 @@ function joinChannel() {
   if (fields === null || chat.phase !== "out") {
     return;
   }
-  if (state.status !== "open") {
+  if (!isReady()) {
     showChatError("Not joined: the connection is not open. Press Connect, then Join.");
     return;
   }
@@ -1231,7 +1895,7 @@ function renderPresence() {
 
 /** Updates the chat's controls and state line from `chat` and the connection status. */
 function renderChatControls() {
-  const open = state.mode === "chat" && state.status === "open";
+  const open = state.mode === "chat" && isReady();
   const phase = chat.phase;
   ui.join.disabled = !(open && phase === "out");
   ui.leave.disabled = phase === "out" || phase === "leaving";
@@ -1373,9 +2037,14 @@ async function fetchPoll(session, target) {
     controller.abort(new PollError(`timed out after ${timeoutMs / 1000} s without a response`));
   }, timeoutMs);
   try {
+    const headers = { Accept: "application/json" };
+    const { token } = readCredentials();
+    if (token !== "") {
+      headers.Authorization = `Bearer ${token}`;
+    }
     const response = await fetch(target, {
       cache: "no-store",
-      headers: { Accept: "application/json" },
+      headers,
       signal: controller.signal,
     });
     counters.received.overhead += responseHeadLength(response);
@@ -1782,8 +2451,9 @@ function renderBytesNote() {
   }
   let text =
     "Bytes: message payloads plus frame headers computed from each payload's length " +
-    "(2, 4 or 10 bytes, and a 4-byte mask on frames the page sends). The page cannot " +
-    "see the opening handshake or the ping, pong and close frames.";
+    "(2, 4 or 10 bytes, and a 4-byte mask on frames the page sends), including the " +
+    "page's heartbeat pings and the server's pongs. The page cannot see the opening " +
+    "handshake or the WebSocket protocol's own ping, pong and close frames.";
   const extensions = state.session?.transport?.extensions() ?? "";
   if (extensions.includes("permessage-deflate")) {
     text +=
@@ -1929,7 +2599,16 @@ function init() {
     chatText: byId("chat-text"),
     chatSend: byId("chat-send"),
     chatError: byId("chat-error"),
+    token: byId("token"),
+    tokenVia: byId("token-via"),
+    problem: byId("connection-problem"),
+    reconnectBar: byId("reconnect-bar"),
+    reconnectText: byId("reconnect-text"),
+    reconnectNow: byId("reconnect-now"),
+    heartbeat: byId("heartbeat"),
+    reliabilityNote: byId("reliability-note"),
   });
+  const settingErrors = readSettings(window.location);
   state.urls.websocket = deriveUrl(window.location);
   state.urls.poll = derivePollUrl(window.location);
   if (window.location.protocol === "file:") {
@@ -1949,6 +2628,11 @@ function init() {
     connect(ui.url.value.trim());
   });
   ui.disconnect.addEventListener("click", disconnect);
+  ui.reconnectNow.addEventListener("click", () => {
+    if (state.session?.kind === "websocket") {
+      reconnectNow(state.session);
+    }
+  });
   ui.sendForm.addEventListener("submit", (event) => {
     event.preventDefault();
     if (ui.message.value !== "" && send(ui.message.value)) {
@@ -1972,6 +2656,10 @@ function init() {
     sendChatMessage();
   });
 
+  for (const text of settingErrors) {
+    log("error", text);
+  }
+  renderReliabilityNote();
   observePollBodies();
   renderPresence();
   renderMode();

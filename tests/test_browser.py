@@ -363,28 +363,66 @@ def test_dns_name_page_rejected(
     rtkit_warnings: Callable[[], list[str]],
 ) -> None:
     # Chromium (156) resolves every *.localhost name to loopback without DNS, so
-    # this page and its WebSocket reach live_server under a DNS name.
+    # the page request reaches live_server under a DNS name.
     origin = f"http://rtkit.localhost:{live_server.port}"
-    ws_url = f"ws://rtkit.localhost:{live_server.port}/ws"
 
-    page.goto(f"{origin}/")
+    response = page.goto(f"{origin}/")
 
-    expect(page.get_by_test_id("url")).to_have_value(ws_url)
-    errors = log_texts(page, "error")
-    expect(errors).to_have_count(2)
-    expect(errors.last).to_contain_text(
-        "This page's host rtkit.localhost is a DNS name"
+    assert response is not None
+    assert response.status == 403
+    body = page.locator("body")
+    expect(body).to_contain_text(
+        f"forbidden: Host 'rtkit.localhost:{live_server.port}' is a DNS name"
     )
-    expect(errors.last).to_contain_text(f'allowed_origins=["{origin}"]')
-    expect(page.get_by_test_id("status")).to_have_text("closed")
+    expect(body).to_contain_text(f"allowed_origins=['{origin}']")
     rejections = [
         line
         for line in rtkit_warnings()
-        if line.startswith("rejected WebSocket upgrade") and "is a DNS name" in line
+        if line.startswith("rejected request '/'") and "is a DNS name" in line
     ]
     assert len(rejections) == 1, rtkit_warnings()
-    handshake_error = rejected_handshake_error(ws_url)
-    assert unexpected(console_errors, handshake_error) == []
+    assert unexpected(console_errors, is_http_error(403)) == []
+
+
+def test_dns_name_failure_explained(page: Page, console_errors: list[str]) -> None:
+    # A proxy can serve the page under a DNS name and pass the upgrade on with
+    # that Host, which rtkit rejects. From file:// the page loads client.js as
+    # a classic script, so the test can call its functions.
+    page.route_web_socket("ws://localhost:8765/ws", lambda websocket: None)
+    page.goto((STATIC_DIR / "client.html").as_uri())
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    origin = "http://rtkit.example:8765"
+    ws_url = "ws://rtkit.example:8765/ws"
+    location = {
+        "protocol": "http:",
+        "hostname": "rtkit.example",
+        "port": "8765",
+        "origin": origin,
+    }
+    check = {
+        "url": "http://rtkit.example:8765/ws",
+        "status": 403,
+        "error": "HTTP 403 Forbidden: forbidden: Host 'rtkit.example:8765' is a "
+        "DNS name",
+    }
+
+    lines = page.evaluate(
+        "([url, location, check]) => explainFailedOpen(url, location, 1006, '', check)",
+        [ws_url, location, check],
+    )
+
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        "The connection closed before it opened: 1006 (abnormal closure, no close "
+        "frame), no reason given."
+    )
+    assert lines[0].endswith(
+        "GET http://rtkit.example:8765/ws returned HTTP 403 Forbidden: forbidden: "
+        "Host 'rtkit.example:8765' is a DNS name."
+    )
+    assert "This page's host rtkit.example is a DNS name" in lines[1]
+    assert f'allowed_origins=["{origin}"]' in lines[1]
+    assert console_errors == []
 
 
 def test_file_page_explains_null_origin(
@@ -654,10 +692,13 @@ def test_push_counts_one_connection(
 
     assert counter(page, "requests") == 1
     expect(page.get_by_test_id("count-empty")).to_have_text("n/a")
-    # One subscribe message: its payload, a 2-byte frame header and a 4-byte mask.
+    # The subscribe message and the first heartbeat ping, each with its
+    # payload, a 2-byte frame header and a 4-byte mask.
     subscription = log_texts(page, "sent").last.text_content()
     assert subscription == '{"type":"subscribe","since":0}'
-    assert byte_count(page, "bytes-sent") == len(subscription.encode()) + 2 + 4
+    ping = '{"type":"ping","id":1}'
+    sent = len(subscription.encode()) + len(ping.encode()) + 2 * (2 + 4)
+    assert byte_count(page, "bytes-sent") == sent
     expect(page.get_by_test_id("bytes-received-detail")).to_contain_text(
         "frame headers, computed"
     )
@@ -1459,7 +1500,12 @@ def test_chat_rejoins_after_drop(
     threaded.call(drop_then_publish())
 
     expect(log_texts(page, "system")).to_contain_text(
-        ["closed: 1012 (service restart): restarting the handler. Reconnecting in 1 s."]
+        [
+            re.compile(
+                r"^closed: 1012 \(service restart\): restarting the handler\. "
+                r"Reconnecting in \d+\.\d\d s \(attempt 1\)\.$"
+            )
+        ]
     )
     join = {"type": "join", "channel": "lobby", "name": "ada", "since": 2}
     join["epoch"] = server.epoch

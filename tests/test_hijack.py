@@ -1,0 +1,267 @@
+"""static/hijack.html in headless Chromium: a page on one origin attacks another.
+
+Two rtkit servers listen on 127.0.0.1: the attacker serves the page, and the
+target is the server the page tries to open a WebSocket to. Chromium is
+Debian's /usr/bin/chromium, driven by Playwright's sync API; the module skips
+when that binary is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from websockets.sync.client import ClientConnection, connect
+
+import rtkit
+
+from .browsers import launched_chromium
+from .conftest import ThreadedServer, free_port, timeout
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = timeout(5) * 1000
+"""Playwright's bound on each wait, in milliseconds."""
+
+MARKUP = '<img src=x onerror="window.injected = true">'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, started once per module."""
+    expect.set_options(timeout=WAIT_MS)
+    with launched_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context, closed after the test."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions of ``page``, in order."""
+    errors: list[str] = []
+
+    def record(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", record)
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return errors
+
+
+@pytest.fixture
+def attacker() -> Iterator[rtkit.Server]:
+    """The rtkit server that serves the hijacking page, on its own port."""
+    with ThreadedServer() as server:
+        yield server
+
+
+def hijack_url(attacker: rtkit.Server, target: str) -> str:
+    return f"{attacker.url}static/hijack.html?target={quote(target, safe=':/')}"
+
+
+def page_origin(server: rtkit.Server) -> str:
+    return server.url.rstrip("/")
+
+
+def publish(threaded: ThreadedServer, data: object) -> None:
+    """Publish ``data`` to the default channel on the server's event loop."""
+    assert threaded.server is not None
+    server = threaded.server
+
+    async def call() -> None:
+        server.publish(data)
+
+    threaded.call(call())
+
+
+def handshakes(threaded: ThreadedServer) -> list[rtkit.Handshake]:
+    assert threaded.server is not None
+    server = threaded.server
+
+    async def call() -> list[rtkit.Handshake]:
+        return list(server.handshakes)
+
+    return threaded.call(call())
+
+
+def receive_until(
+    client: ClientConnection, matches: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Return the first JSON message from ``client`` that ``matches``, bounded."""
+    while True:
+        text = client.recv(timeout=timeout(5))
+        if isinstance(text, str) and text.startswith("{"):
+            message = json.loads(text)
+            if matches(message):
+                return message
+
+
+def join_chat(client: ClientConnection, name: str, channel: str = "lobby") -> None:
+    client.send(json.dumps({"type": "join", "channel": channel, "name": name}))
+    receive_until(client, lambda m: m["type"] == "subscribed")
+
+
+def unexpected(errors: list[str], *allowed: str) -> list[str]:
+    """Return the console errors that contain none of ``allowed``."""
+    return [text for text in errors if not any(part in text for part in allowed)]
+
+
+def test_hijack_reads_target_without_origin_check(
+    attacker: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+    threaded = ThreadedServer(check_origin=False)
+    with threaded as target, connect(target.ws_url) as member:
+        join_chat(member, "ada")
+        member.send(json.dumps({"type": "message", "channel": "lobby", "text": MARKUP}))
+        publish(threaded, {"temperature": 21})
+        publish(threaded, {"temperature": 22})
+
+        page.goto(hijack_url(attacker, target.ws_url))
+
+        expect(page.get_by_test_id("verdict")).to_have_text("accepted")
+        expect(page.get_by_test_id("explanation")).to_contain_text(
+            f"accepted a WebSocket from this page's origin {page_origin(attacker)}"
+        )
+        events = page.get_by_test_id("events").locator("li")
+        expect(events).to_have_text(
+            ['#1 events: {"temperature":21}', '#2 events: {"temperature":22}']
+        )
+        publish(threaded, {"temperature": 23})
+        expect(events.last).to_have_text('#3 events: {"temperature":23}')
+        expect(page.get_by_test_id("count-events")).to_have_attribute("data-value", "3")
+        chat = page.get_by_test_id("chat").locator("li")
+        expect(chat.first).to_have_text(f"ada: {MARKUP}")
+        expect(chat.last).to_contain_text("hijacker: Sent by a page on ")
+        expect(page.get_by_test_id("members")).to_have_text("ada, hijacker")
+
+        sent = receive_until(
+            member,
+            lambda m: m["type"] == "event" and m["data"]["from"]["name"] == "hijacker",
+        )
+        accepted = [h for h in handshakes(threaded) if h.response.status_code == 101]
+
+    assert page_origin(attacker) in sent["data"]["text"]
+    assert page.get_by_test_id("chat").locator("img").count() == 0
+    assert page.evaluate("window.injected") is None
+    assert [h.request.headers.get("Origin") for h in accepted] == [
+        None,
+        page_origin(attacker),
+    ]
+    assert console_errors == []
+
+
+def test_hijack_rejected_by_origin_check(
+    attacker: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+    threaded = ThreadedServer()
+    with threaded as target:
+        publish(threaded, {"secret": "not for other origins"})
+
+        page.goto(hijack_url(attacker, target.ws_url))
+
+        expect(page.get_by_test_id("verdict")).to_have_text("rejected")
+        explanation = page.get_by_test_id("explanation")
+        expect(explanation).to_contain_text(
+            "closed before it opened: 1006 (abnormal closure, no close frame)"
+        )
+        expect(explanation).to_contain_text("hides the HTTP status")
+        diagnosis = page.get_by_test_id("diagnosis")
+        expect(diagnosis).to_contain_text(f"responds to HTTP at {page_origin(target)}")
+        expect(diagnosis).to_contain_text("Its Origin check probably did")
+        expect(diagnosis).to_contain_text('"rejected WebSocket upgrade"')
+        expect(page.get_by_test_id("count-events")).to_have_attribute("data-value", "0")
+        rejected = handshakes(threaded)
+
+    origin = page_origin(attacker)
+    assert [h.response.status_code for h in rejected] == [403]
+    assert rejected[0].request.headers.get("Origin") == origin
+    assert (
+        f"Origin {origin!r} is not this server's origin"
+        in (rejected[0].response.body or b"").decode()
+    )
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "rtkit.server" and record.levelno == logging.WARNING
+    ]
+    assert any(
+        line.startswith("rejected WebSocket upgrade") and repr(origin) in line
+        for line in warnings
+    ), warnings
+    assert page.get_by_test_id("events").locator("li").count() == 0
+    handshake_failed = f"WebSocket connection to '{target.ws_url}' failed"
+    assert unexpected(console_errors, handshake_failed) == []
+
+
+def test_hijack_reports_unreachable_target(
+    attacker: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    target = f"ws://127.0.0.1:{free_port()}/ws"
+
+    page.goto(hijack_url(attacker, target))
+
+    expect(page.get_by_test_id("verdict")).to_have_text("unreachable")
+    expect(page.get_by_test_id("diagnosis")).to_contain_text(
+        "the target server is probably not running"
+    )
+    assert unexpected(console_errors, target, "ERR_CONNECTION_REFUSED") == []
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("", "missing target"),
+        ("not a url", 'invalid target "not a url"'),
+        ("http://127.0.0.1:8765/ws", "the scheme must be ws: or wss:"),
+    ],
+)
+def test_hijack_rejects_invalid_target(
+    attacker: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    target: str,
+    message: str,
+) -> None:
+    page.goto(f"{attacker.url}static/hijack.html")
+    expect(page.get_by_test_id("verdict")).to_have_text("idle")
+
+    page.get_by_test_id("target").fill(target)
+    page.get_by_test_id("connect").click()
+
+    expect(page.get_by_test_id("verdict")).to_have_text("invalid target")
+    expect(page.get_by_test_id("explanation")).to_contain_text(message)
+    assert console_errors == []
+
+
+def test_hijack_same_origin_accepted_with_note(
+    attacker: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    page.goto(hijack_url(attacker, attacker.ws_url))
+
+    expect(page.get_by_test_id("verdict")).to_have_text("accepted")
+    log = page.get_by_test_id("log").locator('li[data-kind="system"] .line-text')
+    expect(log.nth(1)).to_contain_text("served by the target itself")
+    expect(page.get_by_test_id("members")).to_have_text("hijacker")
+    assert console_errors == []
