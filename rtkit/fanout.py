@@ -56,6 +56,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from .faults import stalled_client
+from .measure import percentile
 
 __all__ = [
     "STRATEGIES",
@@ -119,7 +120,7 @@ class StrategyResult:
             "fast_latency_median_ms": (
                 statistics.median(latencies) if latencies else None
             ),
-            "fast_latency_p99_ms": _percentile(latencies, 99),
+            "fast_latency_p99_ms": percentile(latencies, 99),
             "delivered_share": delivered / expected if expected else None,
             "slow_max_buffered": self.slow_max_buffered,
             "slow_dropped": self.slow_dropped,
@@ -174,14 +175,6 @@ class FanoutResult:
         memory.legend()
         figure.tight_layout()
         return figure
-
-
-def _percentile(values: Sequence[float], percent: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(percent) - 1]
 
 
 def _is_number(value: object) -> bool:

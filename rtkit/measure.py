@@ -113,7 +113,7 @@ class TransportResult:
             "empty_responses": self.empty_responses,
             "latency_mean_ms": statistics.fmean(latencies) if latencies else None,
             "latency_median_ms": statistics.median(latencies) if latencies else None,
-            "latency_p95_ms": _percentile(latencies, 95),
+            "latency_p95_ms": percentile(latencies, 95),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "requests_per_event": self.requests / delivered if delivered else None,
@@ -121,7 +121,13 @@ class TransportResult:
         }
 
 
-def _percentile(values: Sequence[float], percent: float) -> float | None:
+def percentile(values: Sequence[float], percent: float) -> float | None:
+    """Return the ``percent`` percentile of ``values``, or ``None`` when empty.
+
+    ``percent`` is used as a whole number from 1 to 99. statistics.quantiles
+    (inclusive method) interpolates between at least two data points, so a
+    single value is returned for every percentile.
+    """
     if not values:
         return None
     if len(values) == 1:
@@ -408,7 +414,7 @@ class RestartRun:
         return {
             "min": times[0] if times else None,
             "median": statistics.median(times) if times else None,
-            "p90": _percentile(times, 90),
+            "p90": percentile(times, 90),
             "max": times[-1] if times else None,
         }
 

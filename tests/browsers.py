@@ -3,6 +3,10 @@
 Playwright cannot download its own browsers here, so the tests drive the
 system's ``/usr/bin/chromium``. The flags keep Chromium from reaching any
 host but the test servers on loopback, and from a first-run setup.
+
+The browser test modules share the wait bound and the console-error recording
+here. The ``browser``, ``page`` and ``console_errors`` fixtures built on them
+are in conftest.py, so the modules request them without importing them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from .conftest import timeout
 
@@ -25,6 +29,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+WAIT_MS = timeout(5) * 1000
+"""Playwright's bound on each wait, in milliseconds."""
 
 
 @contextmanager
@@ -51,3 +58,18 @@ def launched_chromium(extra_args: Sequence[str] = ()) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def record_console_errors(page: Page, errors: list[str], label: str = "") -> None:
+    """Append the console errors and uncaught exceptions of ``page`` to ``errors``.
+
+    Each entry starts with ``label``, which identifies the page in a test with
+    several pages.
+    """
+
+    def record_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(label + message.text)
+
+    page.on("console", record_console)
+    page.on("pageerror", lambda error: errors.append(f"{label}uncaught: {error}"))

@@ -1,4 +1,4 @@
-"""Shared fixtures: loopback servers on port 0 and bounded waits."""
+"""Shared fixtures: loopback servers on port 0, bounded waits and Chromium pages."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import rtkit
 
 if TYPE_CHECKING:
     from jupyter_client.blocking.client import BlockingKernelClient
+    from playwright.sync_api import Browser, Page
 
 T = TypeVar("T")
 
@@ -113,6 +114,43 @@ def kernel(
 
     with running_kernel(tmp_path, monkeypatch) as client:
         yield client
+
+
+# The browser fixtures import .browsers in their bodies, because .browsers
+# imports this module. Tests without a browser then also run without Playwright.
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, started once per module."""
+    from playwright.sync_api import expect
+
+    from .browsers import WAIT_MS, launched_chromium
+
+    expect.set_options(timeout=WAIT_MS)
+    with launched_chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context, closed after the test."""
+    from .browsers import WAIT_MS
+
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def console_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions of ``page``, in order."""
+    from .browsers import record_console_errors
+
+    errors: list[str] = []
+    record_console_errors(page, errors)
+    return errors
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from playwright.sync_api import (
     Browser,
     BrowserContext,
-    ConsoleMessage,
     Locator,
     Page,
     Route,
@@ -36,58 +35,15 @@ from rtkit.hub import DEFAULT_CHANNEL
 from rtkit.routes import STATIC_DIR
 from rtkit.widgets import ControlPanel
 
-from .browsers import launched_chromium
+from .browsers import WAIT_MS, record_console_errors
 from .conftest import ThreadedServer, free_port, timeout
 from .kernels import drain_iopub, execute
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = timeout(5) * 1000
-"""Playwright's bound on each wait, in milliseconds."""
-
 ECHO_OF_GREETING = rtkit.echo_reply("Hello Server!")
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium, started once per module."""
-    expect.set_options(timeout=WAIT_MS)
-    with launched_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh browser context, closed after the test."""
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    yield context.new_page()
-    context.close()
-
-
-def record_console_errors(page: Page, errors: list[str], label: str = "") -> None:
-    """Append the console errors and uncaught exceptions of ``page`` to ``errors``.
-
-    Each entry starts with ``label``, which identifies the page in a test with
-    several pages.
-    """
-
-    def record_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(label + message.text)
-
-    page.on("console", record_console)
-    page.on("pageerror", lambda error: errors.append(f"{label}uncaught: {error}"))
-
-
-@pytest.fixture
-def console_errors(page: Page) -> list[str]:
-    """Console errors and uncaught exceptions of ``page``, in order."""
-    errors: list[str] = []
-    record_console_errors(page, errors)
-    return errors
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -17,10 +16,9 @@ from playwright.sync_api import Browser, Page, expect
 import rtkit
 from rtkit.auth import TokenAuth
 
-from .browsers import launched_chromium
+from .browsers import record_console_errors
 from .conftest import ThreadedServer, timeout
 from .test_browser import (
-    WAIT_MS,
     choose_mode,
     counter,
     event_seqs,
@@ -29,7 +27,6 @@ from .test_browser import (
     is_network_error,
     log_texts,
     on_loop,
-    record_console_errors,
     unexpected,
     wait_for_counter,
 )
@@ -40,31 +37,6 @@ FAST_RECONNECT = {"backoff_base": 0.05, "backoff_cap": 0.2}
 """Backoff settings that bring the page back within a fraction of a second."""
 
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium, started once per module."""
-    expect.set_options(timeout=WAIT_MS)
-    with launched_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh browser context, closed after the test."""
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture
-def console_errors(page: Page) -> list[str]:
-    """Console errors and uncaught exceptions of ``page``, in order."""
-    errors: list[str] = []
-    record_console_errors(page, errors)
-    return errors
 
 
 def page_url(server: rtkit.Server, **parameters: float) -> str:
@@ -129,6 +101,23 @@ def recorded_retries(page: Page) -> list[tuple[int, float, float]]:
     """Return the retries that record_retries() saw, as (attempt, delay, ceiling)."""
     entries = page.evaluate("window.retries")
     return [(int(a), float(d), float(c)) for a, d, c in entries]
+
+
+def first_attempt_after_kill(page: Page, threaded: ThreadedServer) -> int:
+    """Kill the server and return the attempt number of the page's next retry.
+
+    Call record_retries() first. The server then starts again with its history,
+    and this returns once the page is open again.
+    """
+    server = threaded.server
+    assert server is not None
+    count = len(recorded_retries(page))
+    threaded.call(server.kill())
+    page.wait_for_function(f"() => window.retries.length > {count}")
+    attempt = recorded_retries(page)[count][0]
+    threaded.call(server.start(keep_history=True))
+    expect(page.get_by_test_id("status")).to_have_text("open")
+    return attempt
 
 
 # Crash and restart
@@ -246,21 +235,11 @@ def test_backoff_resets_after_stable_connection(
         last_attempt = recorded_retries(page)[-1][0]
 
         # A connection that stays up for less than stable_after keeps counting.
-        count = len(recorded_retries(page))
-        threaded.call(server.kill())
-        page.wait_for_function(f"() => window.retries.length > {count}")
-        after_short_connection = recorded_retries(page)[count][0]
-        threaded.call(server.start(keep_history=True))
-        expect(page.get_by_test_id("status")).to_have_text("open")
+        after_short_connection = first_attempt_after_kill(page, threaded)
 
         # One that stays up longer starts over at attempt 1.
         page.wait_for_timeout(800)
-        count = len(recorded_retries(page))
-        threaded.call(server.kill())
-        page.wait_for_function(f"() => window.retries.length > {count}")
-        after_stable_connection = recorded_retries(page)[count][0]
-        threaded.call(server.start(keep_history=True))
-        expect(page.get_by_test_id("status")).to_have_text("open")
+        after_stable_connection = first_attempt_after_kill(page, threaded)
 
     assert last_attempt >= 2
     assert after_short_connection == last_attempt + 1

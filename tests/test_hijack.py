@@ -15,51 +15,16 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Page, expect
 from websockets.sync.client import ClientConnection, connect
 
 import rtkit
 
-from .browsers import launched_chromium
 from .conftest import ThreadedServer, free_port, timeout
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = timeout(5) * 1000
-"""Playwright's bound on each wait, in milliseconds."""
-
 MARKUP = '<img src=x onerror="window.injected = true">'
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Chromium, started once per module."""
-    expect.set_options(timeout=WAIT_MS)
-    with launched_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh browser context, closed after the test."""
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture
-def console_errors(page: Page) -> list[str]:
-    """Console errors and uncaught exceptions of ``page``, in order."""
-    errors: list[str] = []
-
-    def record(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", record)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    return errors
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from playwright.sync_api import (
     Browser,
-    ConsoleMessage,
     Page,
     Route,
     expect,
@@ -37,14 +36,11 @@ from websockets.sync.client import ClientConnection, connect
 
 import rtkit
 
-from .browsers import launched_chromium
+from .browsers import WAIT_MS, record_console_errors
 from .conftest import free_port, timeout
 from .jupyter import Lab, running_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.browser]
-
-WAIT_MS = timeout(5) * 1000
-"""Playwright's bound on each short wait, in milliseconds."""
 
 KERNEL_WAIT_MS = timeout(30) * 1000
 """Playwright's bound on a kernel start or a run of all cells, in milliseconds."""
@@ -136,13 +132,6 @@ def connection_refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    """Headless Chromium, closed after the test."""
-    with launched_chromium() as browser:
-        yield browser
 
 
 @contextmanager
@@ -291,14 +280,9 @@ def drive_panel_in_page(
         blocked.append(route.request.url)
         route.abort("blockedbyclient")
 
-    def record_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            console_errors.append(message.text)
-
     context.route(leaves_machine, block)
     page = context.new_page()
-    page.on("console", record_console)
-    page.on("pageerror", lambda error: console_errors.append(f"uncaught: {error}"))
+    record_console_errors(page, console_errors)
 
     def describe() -> list[str]:
         return [

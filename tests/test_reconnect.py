@@ -7,6 +7,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -24,6 +25,14 @@ def fast_backoff(**options: float) -> Backoff:
     options.setdefault("base", 0.05)
     options.setdefault("cap", 0.2)
     return Backoff(**options)  # type: ignore[arg-type]
+
+
+async def connected_subscriber(url: str, **options: Any) -> WebSocketSubscriber:
+    """Start a WebSocketSubscriber on ``url`` and wait until it connects, bounded."""
+    subscriber = WebSocketSubscriber(url, **options)
+    subscriber.start()
+    await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
+    return subscriber
 
 
 def test_backoff_grows_capped_with_full_jitter() -> None:
@@ -84,11 +93,9 @@ def test_subscriber_invalid_token_hidden() -> None:
 def test_subscriber_resumes_after_drop_without_loss() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url, reconnect=True, backoff=fast_backoff()
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             server.start_source(rate=200)
             for _ in range(3):
                 await asyncio.sleep(0.2)
@@ -121,11 +128,9 @@ def test_subscriber_resumes_after_kill_with_history() -> None:
 
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url, reconnect=True, backoff=fast_backoff()
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             epoch = server.epoch
             server.start_source(rate=200)
             await asyncio.sleep(0.3)
@@ -161,11 +166,9 @@ def test_subscriber_resumes_after_kill_with_history() -> None:
 def test_subscriber_notices_restart_and_follows_new_epoch() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url, reconnect=True, backoff=fast_backoff()
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             server.publish("old")
             await until(lambda: subscriber.follower.since == 1)
             old_epoch = server.epoch
@@ -191,11 +194,9 @@ def test_subscriber_notices_restart_and_follows_new_epoch() -> None:
 def test_subscriber_reports_gap_outside_history() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0, history_size=20) as server:
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url, reconnect=True, backoff=fast_backoff()
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             for n in range(5):
                 server.publish(n)
             follower = subscriber.follower
@@ -224,15 +225,13 @@ def test_keepalive_blocked_server_closes_1011() -> None:
     with 1011, and it reconnects by itself once the loop runs again."""
 
     async def scenario(threaded: ThreadedServer, server: rtkit.Server) -> None:
-        subscriber = WebSocketSubscriber(
+        subscriber = await connected_subscriber(
             server.url,
             reconnect=True,
             backoff=fast_backoff(),
             ping_interval=0.5,
             ping_timeout=0.5,
         )
-        subscriber.start()
-        await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
         await until(lambda: (subscriber.latency or 0) > 0, units=2)
         threaded.loop.call_soon_threadsafe(time.sleep, 1.5)
         await until(lambda: bool(subscriber.outages), units=5)
@@ -256,11 +255,9 @@ def test_backoff_resets_only_after_stable_connection() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
             backoff = fast_backoff(base=0.01, cap=0.02, stable_after=0.5)
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url, reconnect=True, backoff=backoff
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             # Three connections dropped right after they open: no reset.
             for count in range(1, 4):
                 for connection in server.connections:
@@ -324,9 +321,7 @@ def test_subscriber_latency_none_until_connected() -> None:
 def test_subscriber_without_reconnect_stops_on_loss() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0) as server:
-            subscriber = WebSocketSubscriber(server.url)
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
+            subscriber = await connected_subscriber(server.url)
             await server.kill()
             await until(lambda: subscriber.failure is not None)
             await server.start(keep_history=True)
@@ -348,15 +343,13 @@ def test_subscriber_token_each_method_resumes(via: str) -> None:
     async def scenario() -> None:
         auth = TokenAuth(via=via)  # type: ignore[arg-type]
         async with rtkit.Server(port=0, auth=auth) as server:
-            subscriber = WebSocketSubscriber(
+            subscriber = await connected_subscriber(
                 server.url,
                 reconnect=True,
                 backoff=fast_backoff(),
                 token=auth.token,
                 auth=via,
             )
-            subscriber.start()
-            await asyncio.wait_for(subscriber.connected.wait(), timeout(2))
             server.publish("one")
             await server.kill()
             server.publish("two")
