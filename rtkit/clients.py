@@ -551,7 +551,9 @@ class Outage:
     """One lost connection of a :class:`WebSocketSubscriber`, until it was back."""
 
     lost_at: float
-    """When the connection was lost, in seconds since the Unix epoch."""
+    """When the connection was lost, in seconds since the Unix epoch. When the
+    client closed it, this is the end of the closing handshake, which waits up
+    to the subscriber's ``close_timeout`` for the server's close frame."""
     code: int
     """The close code: the server's close frame, the client's own (1011 when
     its keepalive ping timed out), or 1006 when no close frame was sent."""
@@ -659,6 +661,9 @@ class WebSocketSubscriber(StreamClient):
             ``None`` waits forever.
         open_timeout: seconds for each connection attempt, from TCP connect
             to the welcome message (authentication included).
+        close_timeout: seconds to wait for the server's close frame after the
+            client started closing, for example when its keepalive ping timed
+            out; the outage is recorded when the closing ends.
 
     Raises:
         ValueError: if an argument is invalid; the message names it.
@@ -678,6 +683,7 @@ class WebSocketSubscriber(StreamClient):
         ping_interval: float | None = 20,
         ping_timeout: float | None = 20,
         open_timeout: float = 10,
+        close_timeout: float = 10,
     ) -> None:
         if auth not in AUTH_METHODS:
             raise ValueError(
@@ -693,10 +699,12 @@ class WebSocketSubscriber(StreamClient):
                     f"invalid {option}: {value!r}; pass seconds > 0, or None "
                     "to disable it"
                 )
-        if not open_timeout > 0:
-            raise ValueError(
-                f"invalid open_timeout: {open_timeout!r}; pass seconds > 0"
-            )
+        for option, value in (
+            ("open_timeout", open_timeout),
+            ("close_timeout", close_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"invalid {option}: {value!r}; pass seconds > 0")
         super().__init__(url, name, token=token, ssl=ssl)
         self.compression = compression
         self.connected = asyncio.Event()
@@ -707,6 +715,7 @@ class WebSocketSubscriber(StreamClient):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
         self.reconnects = 0
         """Connections opened again after a loss."""
         self.outages: list[Outage] = []
@@ -838,6 +847,7 @@ class WebSocketSubscriber(StreamClient):
             compression=self.compression,
             create_connection=_counting_connection(self.follower.bytes),
             open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             additional_headers=headers or None,

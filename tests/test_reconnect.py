@@ -73,6 +73,7 @@ def test_backoff_invalid_values_raise(options: dict[str, float], message: str) -
         ({"ping_interval": 0}, "invalid ping_interval: 0"),
         ({"ping_timeout": -1}, "invalid ping_timeout: -1"),
         ({"open_timeout": 0}, "invalid open_timeout: 0"),
+        ({"close_timeout": 0}, "invalid close_timeout: 0"),
         ({"token": "two words"}, "invalid token: pass"),
         ({"token": ""}, "invalid token: pass"),
     ],
@@ -249,6 +250,35 @@ def test_keepalive_blocked_server_closes_1011() -> None:
     threaded = ThreadedServer()
     with threaded as server:
         run(scenario(threaded, server), units=15)
+
+
+def test_close_timeout_records_outage_during_block() -> None:
+    """With a short close_timeout, the outage is recorded while the server's
+    loop is still blocked, not when the blocked server answers the close."""
+
+    async def scenario(threaded: ThreadedServer, server: rtkit.Server) -> None:
+        subscriber = await connected_subscriber(
+            server.url,
+            reconnect=True,
+            backoff=fast_backoff(),
+            ping_interval=0.5,
+            ping_timeout=0.5,
+            close_timeout=0.3,
+        )
+        await until(lambda: (subscriber.latency or 0) > 0, units=2)
+        blocked_at = time.time()
+        threaded.loop.call_soon_threadsafe(time.sleep, 3)
+        await until(lambda: bool(subscriber.outages), units=5)
+        lost_after = subscriber.outages[0].lost_at - blocked_at
+        await until(lambda: subscriber.reconnects == 1, units=10)
+        await subscriber.stop()
+        # Keepalive gives up within 1 s and the closing within 0.3 s more.
+        assert lost_after < 2.5
+        assert subscriber.outages[0].code == 1011
+
+    threaded = ThreadedServer()
+    with threaded as server:
+        run(scenario(threaded, server), units=20)
 
 
 def test_backoff_resets_only_after_stable_connection() -> None:
