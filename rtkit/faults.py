@@ -7,7 +7,8 @@ server's kernel send buffer, and finally in the server's write buffer in
 memory. That is what a frozen browser tab, a suspended laptop or a client
 stuck behind a dead network link looks like to a server. Use it to watch
 keepalive close such a connection with 1011 when it is idle, or
-``max_buffer`` drop it when the server keeps sending to it::
+``max_buffer`` drop it when the server keeps sending to it. When data waits
+for it but no more is sent, ``stall_timeout`` drops it::
 
     from rtkit.faults import stalled_client
 
@@ -17,8 +18,9 @@ keepalive close such a connection with 1011 when it is idle, or
         print(await stalled.closed_by_server())
 
 The client speaks the protocol through websockets' sans-I/O
-:class:`~websockets.client.ClientProtocol` on a plain TCP socket, so nothing
-reads the socket unless :meth:`StalledClient.closed_by_server` asks to.
+:class:`~websockets.client.ClientProtocol` on a plain TCP socket, so only
+:meth:`StalledClient.read` and :meth:`StalledClient.closed_by_server` read
+from the socket.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class ServerClosure:
     messages: int
     """Text and binary messages received after the opening handshake."""
     bytes_received: int
-    """Bytes read by :meth:`StalledClient.closed_by_server`, without those that
-    arrived together with the handshake response."""
+    """Bytes read by :meth:`StalledClient.read` and
+    :meth:`StalledClient.closed_by_server`, without those that arrived
+    together with the handshake response."""
 
 
 class StalledClient:
@@ -105,6 +108,24 @@ class StalledClient:
             if data:
                 await loop.sock_sendall(self.sock, data)
 
+    async def read(self, max_bytes: int = RECEIVE_CHUNK) -> int:
+        """Read up to ``max_bytes`` once and return how many bytes arrived.
+
+        A client that calls this now and then is a slow reader, not a stalled
+        one. It waits until data arrives, so bound it with a timeout. It
+        returns 0 once the server has closed the connection.
+        """
+        loop = asyncio.get_running_loop()
+        data = await loop.sock_recv(self.sock, max_bytes)
+        if data:
+            self._receive(data)
+        return len(data)
+
+    def _receive(self, data: bytes) -> None:
+        self._bytes_received += len(data)
+        self.protocol.receive_data(data)
+        self._messages += _count_messages(self.protocol.events_received())
+
     async def closed_by_server(self, timeout: float = 5.0) -> ServerClosure:
         """Read everything the server sent, until it closes the connection.
 
@@ -133,9 +154,7 @@ class StalledClient:
                         closed = True
                         self.protocol.receive_eof()
                         break
-                    self._bytes_received += len(data)
-                    self.protocol.receive_data(data)
-                    self._messages += _count_messages(self.protocol.events_received())
+                    self._receive(data)
         close = self.protocol.close_rcvd
         return ServerClosure(
             closed=closed,

@@ -34,11 +34,13 @@ Text that starts with ``{`` but is not valid JSON, is not an object, has no
 what was wrong, and the connection stays open. More commands can be
 added to :attr:`PushHandler.commands`.
 
-Two limits protect the server from one client. A client that sends more than
-``max_rate`` messages per second (pings and plain text included) is closed
-with code 1008. A client that reads too slowly, so that more than
+Three limits protect the server from one client. A client that sends more
+than ``max_rate`` messages per second (pings and plain text included) is
+closed with code 1008. A client that reads too slowly, so that more than
 ``max_buffer`` bytes wait in its write buffer, is disconnected or skipped
-according to ``slow_policy``.
+according to ``slow_policy``. A client whose write buffer sends nothing for
+``stall_timeout`` seconds is disconnected, even when no more messages are
+sent to it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -55,6 +58,7 @@ from typing import Any, Literal
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from .echo import WELCOME, binary_unsupported, echo_reply, encode, error_message
 from .hub import DEFAULT_CHANNEL, Event, Hub, check_channel, short_repr
@@ -63,11 +67,13 @@ from .limits import RateLimiter, check_rate
 __all__ = [
     "DEFAULT_MAX_BUFFER",
     "DEFAULT_MAX_RATE",
+    "DEFAULT_STALL_TIMEOUT",
     "Client",
     "CommandError",
     "PushHandler",
     "check_name",
     "check_slow_policy",
+    "check_stall_timeout",
     "rate_limit_reason",
     "remote_address",
 ]
@@ -79,6 +85,17 @@ DEFAULT_MAX_BUFFER = 2**20
 applies to it."""
 DEFAULT_MAX_RATE = 100.0
 """Messages per second one connection may send before it is closed."""
+DEFAULT_STALL_TIMEOUT = 40.0
+"""Seconds a write buffer may send nothing before its client is dropped, for a
+connection without keepalive: websockets' default ``ping_interval`` plus
+``ping_timeout`` (20 s each)."""
+CHECKS_PER_TIMEOUT = 4
+"""The watchdog checks the write buffers this many times per ``stall_timeout``
+or ``max_behind``, whichever is shorter."""
+MIN_CHECK_INTERVAL = 0.02
+"""Minimum seconds between two of the watchdog's checks."""
+MAX_CHECK_INTERVAL = 1.0
+"""Maximum seconds between two of the watchdog's checks."""
 SLOW_POLICIES = ("drop", "discard")
 """The values of ``slow_policy``."""
 MAX_NAME_LENGTH = 32
@@ -140,6 +157,26 @@ def check_slow_policy(policy: object) -> Literal["drop", "discard"]:
             "a client that falls behind or 'discard' to skip messages for it"
         )
     return policy  # type: ignore[return-value]
+
+
+def check_stall_timeout(stall_timeout: object) -> float | None:
+    """Return ``stall_timeout`` as a float, or ``None``.
+
+    Raises:
+        ValueError: if it is neither ``None`` nor a finite number above 0.
+    """
+    if stall_timeout is None:
+        return None
+    valid = isinstance(stall_timeout, int | float) and not isinstance(
+        stall_timeout, bool
+    )
+    if not (valid and math.isfinite(stall_timeout) and stall_timeout > 0):
+        raise ValueError(
+            f"invalid stall_timeout: {short_repr(stall_timeout)}; pass the seconds "
+            "a client's write buffer may send nothing before the client is "
+            "dropped, a number above 0, or None for ping_interval + ping_timeout"
+        )
+    return float(stall_timeout)
 
 
 def rate_limit_reason(max_rate: float) -> str:
@@ -292,14 +329,33 @@ class PushHandler:
             history), ``"discard"`` keeps it but skips messages for it until it
             catches up (it sees a gap in ``seq``).
         max_behind: seconds a client may stay behind under ``"discard"``
-            before it is disconnected after all. websockets' keepalive cannot
-            catch a client that never reads again, because its ping waits
-            behind the unsent data, so without this bound such a client would
-            stay connected for good. It is checked when a message is skipped.
+            before it is disconnected after all. Behind means that its
+            buffer went over ``max_buffer`` and has not drained to half of it
+            since. It is checked when a message is skipped and by the
+            watchdog, so it holds on a quiet stream too.
+        stall_timeout: seconds a client's write buffer may hold data and send
+            none of it before the client is disconnected, under either
+            ``slow_policy``. websockets' keepalive cannot catch a client that
+            stopped reading while data waits for it, because the ping waits
+            behind the unsent data, and ``max_buffer`` cannot catch it once no
+            more messages are sent to it. ``None`` means the connection's
+            ``ping_interval + ping_timeout`` (40 s with websockets' defaults),
+            or :data:`DEFAULT_STALL_TIMEOUT` if keepalive is off. Keep it
+            well above a second, because TCP sends to a slow reader in
+            bursts: pauses of up to about 0.4 s were seen on loopback with a
+            4 KiB receive buffer (``tests/test_faults.py``).
+
+    One watchdog task per handler checks the write buffers of all clients
+    while any is connected. It checks four times per ``stall_timeout`` (or per
+    ``max_behind`` under ``"discard"``, if that is shorter), but at least once
+    a second. So a stalled client is dropped between ``stall_timeout`` and
+    ``stall_timeout`` plus two check intervals after its buffer last sent
+    something.
 
     Raises:
-        ValueError: if ``max_rate`` is not a positive number or ``None``, or
-            ``slow_policy`` is neither ``"drop"`` nor ``"discard"``.
+        ValueError: if ``max_rate`` is not a positive number or ``None``,
+            ``slow_policy`` is neither ``"drop"`` nor ``"discard"``, or
+            ``max_behind`` or ``stall_timeout`` is not a number above 0.
     """
 
     def __init__(
@@ -310,6 +366,7 @@ class PushHandler:
         max_rate: float | None = DEFAULT_MAX_RATE,
         slow_policy: Literal["drop", "discard"] = "drop",
         max_behind: float = 30.0,
+        stall_timeout: float | None = None,
     ) -> None:
         self.hub = hub
         self.max_buffer = max_buffer
@@ -322,6 +379,9 @@ class PushHandler:
                 "may stay behind under slow_policy 'discard', above 0 (default 30)"
             )
         self.max_behind = float(max_behind)
+        self.stall_timeout = check_stall_timeout(stall_timeout)
+        """Seconds a write buffer may send nothing, or ``None`` for the
+        connection's ``ping_interval + ping_timeout``; see :meth:`stall_timeout_for`."""
         self.clients: dict[ServerConnection, Client] = {}
         """Every open connection and its state."""
         self.subscribers: dict[str, set[ServerConnection]] = {}
@@ -344,6 +404,10 @@ class PushHandler:
         self._behind: dict[ServerConnection, tuple[int, float]] = {}
         """Connections skipped under "discard", with their discarded count and
         the time.monotonic() at the start of the current episode."""
+        self._stalls: dict[ServerConnection, _Stall] = {}
+        """Connections whose write buffer was over the low-water mark at the
+        watchdog's last check."""
+        self._watchdog: asyncio.Task[None] | None = None
         self._unsubscribe_hub = hub.subscribe(self._push)
 
     # Sending
@@ -361,7 +425,16 @@ class PushHandler:
         connections = [c for c in connections if not self._fell_behind(c)]
         if not connections:
             return
+        watched = [
+            (c, self._stalls[c], c.transport.get_write_buffer_size())
+            for c in connections
+            if c in self._stalls
+        ]
         broadcast(connections, encode(message))
+        for connection, stall, buffered in watched:
+            # A watched buffer is not empty, so transport.write() appends to it
+            # without sending anything, and the growth is this message's frame.
+            stall.size += connection.transport.get_write_buffer_size() - buffered
         self.totals["out"] += len(connections)
         for connection in connections:
             client = self.clients.get(connection)
@@ -370,27 +443,32 @@ class PushHandler:
                 self.notify("message", client)
 
     def _fell_behind(self, connection: ServerConnection) -> bool:
-        """Apply ``slow_policy`` to ``connection`` and return whether to skip it.
+        """Return whether to skip ``connection``, because it is closing or
+        ``slow_policy`` applies to it.
 
         websockets' keepalive cannot catch a client that stopped reading: its
         ping waits behind the unsent data, so the connection would stay open
         and its buffer would grow with every broadcast.
         """
+        # An aborted connection stays OPEN until connection_lost() runs on a
+        # later loop iteration, and abort() empties its buffer. So without
+        # this check, the rest of a burst would be written to a closed socket.
+        if connection.transport.is_closing() or connection.state is not State.OPEN:
+            return True
         buffered = connection.transport.get_write_buffer_size()
         if self.slow_policy == "discard":
             return self._discarding(connection, buffered)
         if buffered <= self.max_buffer:
             return False
-        if not connection.transport.is_closing():
-            client = self.clients.get(connection)
-            logger.warning(
-                "dropped client %s: %d bytes waiting to be sent, over max_buffer "
-                "%d; the client is not reading fast enough",
-                client.id if client else "?",
-                buffered,
-                self.max_buffer,
-            )
-            connection.transport.abort()
+        client = self.clients.get(connection)
+        logger.warning(
+            "dropped client %s: %d bytes waiting to be sent, over max_buffer "
+            "%d; the client is not reading fast enough",
+            client.id if client else "?",
+            buffered,
+            self.max_buffer,
+        )
+        connection.transport.abort()
         return True
 
     def _discarding(self, connection: ServerConnection, buffered: int) -> bool:
@@ -414,7 +492,23 @@ class PushHandler:
                 buffered,
                 self.max_buffer,
             )
-        elif buffered <= self.max_buffer // 2:
+        elif not self._still_behind(connection, client, episode, buffered):
+            return False
+        self.totals["discarded"] += 1
+        if client is not None:
+            client.discarded += 1
+        return True
+
+    def _still_behind(
+        self,
+        connection: ServerConnection,
+        client: Client | None,
+        episode: tuple[int, float],
+        buffered: int,
+    ) -> bool:
+        """End the episode of ``connection`` if it caught up, or drop it after
+        ``max_behind``. Return whether it is still behind."""
+        if buffered <= self.max_buffer // 2:
             del self._behind[connection]
             if client is not None:
                 logger.info(
@@ -423,7 +517,7 @@ class PushHandler:
                     client.discarded - episode[0],
                 )
             return False
-        elif (
+        if (
             time.monotonic() - episode[1] > self.max_behind
             and not connection.transport.is_closing()
         ):
@@ -435,10 +529,108 @@ class PushHandler:
                 buffered,
             )
             connection.transport.abort()
-        self.totals["discarded"] += 1
-        if client is not None:
-            client.discarded += 1
         return True
+
+    # Watchdog
+
+    def stall_timeout_for(self, connection: ServerConnection) -> float:
+        """Return the seconds the write buffer of ``connection`` may send nothing."""
+        if self.stall_timeout is not None:
+            return self.stall_timeout
+        # websockets 17.4 keeps each connection's keepalive settings in these
+        # attributes. A connection without them counts as without keepalive.
+        interval = getattr(connection, "ping_interval", None)
+        ping_timeout = getattr(connection, "ping_timeout", None)
+        if interval is None or ping_timeout is None:
+            return DEFAULT_STALL_TIMEOUT
+        return interval + ping_timeout
+
+    def _start_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = self._watchdog
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._watchdog = loop.create_task(self._watch(), name="rtkit push watchdog")
+
+    async def _watch(self) -> None:
+        """Check the write buffers of all clients until none is connected."""
+        while self.clients:
+            try:
+                interval = self._check_buffers()
+            except Exception:
+                logger.exception("write buffer check failed")
+                interval = MAX_CHECK_INTERVAL
+            await asyncio.sleep(interval)
+
+    def _check_buffers(self) -> float:
+        """Drop clients that stalled or stayed behind too long. Return the
+        seconds until the next check."""
+        now = time.monotonic()
+        shortest = MAX_CHECK_INTERVAL * CHECKS_PER_TIMEOUT
+        if self.slow_policy == "discard":
+            shortest = min(shortest, self.max_behind)
+        for connection, client in list(self.clients.items()):
+            transport = connection.transport
+            if transport.is_closing():
+                continue
+            buffered = transport.get_write_buffer_size()
+            episode = self._behind.get(connection)
+            if episode is not None:
+                self._still_behind(connection, client, episode, buffered)
+                if transport.is_closing():
+                    continue
+            stall_timeout = self.stall_timeout_for(connection)
+            shortest = min(shortest, stall_timeout)
+            self._check_stall(connection, client, buffered, stall_timeout, now)
+        interval = shortest / CHECKS_PER_TIMEOUT
+        return min(max(interval, MIN_CHECK_INTERVAL), MAX_CHECK_INTERVAL)
+
+    def _check_stall(
+        self,
+        connection: ServerConnection,
+        client: Client,
+        buffered: int,
+        stall_timeout: float,
+        now: float,
+    ) -> None:
+        """Abort ``connection`` if its write buffer sent nothing for
+        ``stall_timeout`` seconds.
+
+        Only a buffer over the transport's low-water mark counts. Below it,
+        websockets sends its keepalive pings without waiting, so keepalive, if
+        it is on, catches a dead peer. Over it, once writing has paused,
+        ping() waits for the buffer to drain first, so the ping timeout never
+        starts.
+        """
+        # NOTE: with keepalive off, a client that stopped reading with at most
+        # the low-water mark (8 KiB with websockets' defaults) waiting for it
+        # is never dropped, like an idle one.
+        transport = connection.transport
+        low_water, _ = transport.get_write_buffer_limits()
+        stall = self._stalls.get(connection)
+        if buffered <= low_water:
+            if stall is not None:
+                del self._stalls[connection]
+            return
+        if stall is None:
+            self._stalls[connection] = _Stall(since=now, size=buffered)
+            return
+        if buffered < stall.size:
+            stall.since = now
+        stall.size = buffered
+        stalled_for = now - stall.since
+        if stalled_for < stall_timeout:
+            return
+        logger.warning(
+            "dropped client %s from %s: %d bytes waiting to be sent and none "
+            "sent for %.1f s (stall_timeout %g s); the client stopped reading",
+            client.id,
+            client.remote,
+            buffered,
+            stalled_for,
+            stall_timeout,
+        )
+        del self._stalls[connection]
+        transport.abort()
 
     def _push(self, event: Event) -> None:
         # A copy, because a handler may change the set while this iterates.
@@ -494,6 +686,7 @@ class PushHandler:
         client = Client(connection.id.hex[:8], remote_address(connection))
         self.clients[connection] = client
         limiter = None if self.max_rate is None else RateLimiter(self.max_rate)
+        self._start_watchdog()
         self.notify("connect", client)
         try:
             await self._reply(connection, WELCOME)
@@ -508,6 +701,9 @@ class PushHandler:
         finally:
             del self.clients[connection]
             self._behind.pop(connection, None)
+            self._stalls.pop(connection, None)
+            if not self.clients and self._watchdog is not None:
+                self._watchdog.cancel()
             for channel in client.subscriptions:
                 self._drop_subscriber(channel, connection)
             for channel in client.channels:
@@ -568,7 +764,16 @@ class PushHandler:
             await self._reply(connection, error_message(exc.code, str(exc)))
 
     async def _reply(self, connection: ServerConnection, text: str) -> None:
+        stall = self._stalls.get(connection)
+        buffered = connection.transport.get_write_buffer_size()
         await connection.send(text)
+        if stall is not None and self._stalls.get(connection) is stall:
+            # Count the reply as written but not sent, as send() does. If
+            # send() waited for the buffer to drain, the buffer shrank, which
+            # is progress, so nothing is added.
+            stall.size += max(
+                0, connection.transport.get_write_buffer_size() - buffered
+            )
         self.totals["out"] += 1
         client = self.clients.get(connection)
         if client is not None:
@@ -720,9 +925,22 @@ class PushHandler:
         return rows
 
     def close(self) -> None:
-        """Stop receiving events from the hub."""
+        """Stop receiving events from the hub, and stop the watchdog."""
         self._unsubscribe_hub()
         self.subscribers.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+
+@dataclass
+class _Stall:
+    """A connection's write buffer while it is over the low-water mark."""
+
+    since: float
+    """time.monotonic() when the buffer was last seen to send something."""
+    size: int
+    """Bytes the buffer would hold if it had sent nothing since the last
+    check: its size then, plus what rtkit wrote to it since."""
 
 
 def remote_address(connection: ServerConnection) -> str:

@@ -1,10 +1,12 @@
-"""Peers that stop reading: keepalive closes them, max_buffer bounds them."""
+"""Peers that stop reading: keepalive closes them, max_buffer bounds them,
+and stall_timeout drops them once no more is sent."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -217,25 +219,222 @@ def test_slow_consumer_discard_dropped_after_max_behind(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="rtkit.push")
     max_buffer = 64_000
+    max_behind = 0.3
 
     async def scenario() -> None:
         async with rtkit.Server(
             port=0, max_buffer=max_buffer, slow_policy="discard", close_timeout=0.5
         ) as server:
-            server.push.max_behind = 0.3
+            server.push.max_behind = max_behind
+            # Long enough that only max_behind can drop the client.
+            server.push.stall_timeout = 30
             async with stalled_client(server.ws_url) as stalled:
-                await subscribe_stalled(server, stalled)
-                await publish_and_watch(server, 200, "")
-                await asyncio.sleep(0.4)
-                server.publish(EVENT_TEXT)
-                await until(lambda: not server.push.clients)
+                stalled_id = await subscribe_stalled(server, stalled)
+                for _ in range(100):
+                    server.publish(EVENT_TEXT)
+                behind_since = time.monotonic()
+                # No event follows: the stream is quiet from here on.
+                await until(
+                    lambda: not server.push.clients, units=max_behind + timeout(1)
+                )
+                dropped_after = time.monotonic() - behind_since
                 closure = await stalled.closed_by_server(timeout(2))
         assert closure.closed
         assert closure.code is None
+        assert dropped_after >= max_behind
         drops = messages(caplog, "behind for more than max_behind 0.3 s")
         assert len(drops) == 1
+        assert stalled_id in drops[0]
+        assert not messages(caplog, "none sent for")
 
     run(scenario(), units=20)
+
+
+def write_buffer(connection: ServerConnection) -> tuple[int, int]:
+    """Return the bytes in the write buffer of ``connection`` and its low-water mark."""
+    transport = connection.transport
+    low_water, _ = transport.get_write_buffer_limits()
+    return transport.get_write_buffer_size(), low_water
+
+
+@pytest.mark.parametrize("slow_policy", ["drop", "discard"])
+def test_stalled_client_on_quiet_stream_dropped(
+    slow_policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit")
+    stall_timeout = 0.5
+    slack = timeout(1)
+
+    async def scenario() -> None:
+        async with rtkit.Server(
+            port=0, max_connections=1, slow_policy=slow_policy, close_timeout=0.5
+        ) as server:
+            server.push.stall_timeout = stall_timeout
+            async with stalled_client(server.ws_url) as stalled:
+                stalled_id = await subscribe_stalled(server, stalled)
+                connection = server_side(server, stalled)
+                # About 200 KB, under max_buffer (1 MiB), so slow_policy never
+                # applies; then the stream stays quiet.
+                for _ in range(100):
+                    server.publish(EVENT_TEXT)
+                quiet_since = time.monotonic()
+                buffered, low_water = write_buffer(connection)
+                assert buffered > low_water
+
+                await asyncio.sleep(stall_timeout / 2)
+                assert server.push.clients, "dropped before stall_timeout"
+                await until(
+                    lambda: not server.push.clients, units=stall_timeout + slack
+                )
+                dropped_after = time.monotonic() - quiet_since
+
+                # The max_connections slot is free again.
+                other = await connect(server.ws_url, open_timeout=timeout(2))
+                assert await other.recv() == rtkit.WELCOME
+                await other.close()
+                closure = await stalled.closed_by_server(timeout(2))
+
+        assert stall_timeout <= dropped_after <= stall_timeout + slack
+        assert closure.closed
+        assert closure.code is None
+        drops = messages(caplog, "none sent for")
+        assert len(drops) == 1
+        assert f"dropped client {stalled_id} from 127.0.0.1:" in drops[0]
+        assert f"{buffered} bytes waiting to be sent" in drops[0]
+        assert f"(stall_timeout {stall_timeout:g} s)" in drops[0]
+        stalled_for = float(re.search(r"none sent for ([\d.]+) s", drops[0])[1])
+        assert stalled_for >= stall_timeout
+        assert server.push.totals["discarded"] == 0
+
+    run(scenario(), units=20)
+
+
+def test_stall_timeout_defaults_to_keepalive(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.push")
+    interval, ping_timeout = 0.3, 0.3
+    slack = timeout(1)
+
+    async def scenario() -> None:
+        async with rtkit.Server(
+            port=0, ping_interval=interval, ping_timeout=ping_timeout, close_timeout=0.5
+        ) as server:
+            assert server.push.stall_timeout is None
+            async with stalled_client(server.ws_url) as stalled:
+                await subscribe_stalled(server, stalled)
+                for _ in range(100):
+                    server.publish(EVENT_TEXT)
+                quiet_since = time.monotonic()
+                # Keepalive's ping waits behind the unsent events, so only the
+                # watchdog can drop this client.
+                await until(
+                    lambda: not server.push.clients,
+                    units=interval + ping_timeout + slack,
+                )
+                dropped_after = time.monotonic() - quiet_since
+                closure = await stalled.closed_by_server(timeout(2))
+
+        assert dropped_after >= interval + ping_timeout
+        assert closure.closed
+        assert closure.code is None
+        drops = messages(caplog, "none sent for")
+        assert len(drops) == 1
+        assert "(stall_timeout 0.6 s)" in drops[0]
+
+    run(scenario(), units=20)
+
+
+def test_slow_reader_not_dropped_while_draining(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.push")
+    # TCP sends to a reader with a 4 KiB receive buffer in bursts, with pauses
+    # of up to about 0.4 s seen on loopback, so a shorter timeout would drop
+    # this client although it reads.
+    stall_timeout = 0.8
+    duration = 2.0
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, close_timeout=0.5) as server:
+            server.push.stall_timeout = stall_timeout
+            async with stalled_client(server.ws_url) as slow:
+                await subscribe_stalled(server, slow)
+                connection = server_side(server, slow)
+                publishing = True
+
+                async def read_slowly() -> None:
+                    # Stopped by the flag, not cancelled: a cancelled read
+                    # could lose bytes and break the frame stream.
+                    while publishing:
+                        await slow.read(1024)
+                        await asyncio.sleep(0.01)
+
+                reader = asyncio.create_task(read_slowly())
+                # Publish faster than the client reads, so its buffer grows
+                # although it drains all the time.
+                published = 0
+                sizes = []
+                started = time.monotonic()
+                while time.monotonic() - started < duration:
+                    server.publish(EVENT_TEXT)
+                    published += 1
+                    sizes.append(write_buffer(connection))
+                    await asyncio.sleep(0.008)
+                publishing = False
+                await asyncio.wait_for(reader, timeout(2))
+                assert server.push.clients, "the slow reader was dropped"
+                # Over the low-water mark for the second half, which is
+                # longer than stall_timeout, and never over max_buffer.
+                second_half = sizes[len(sizes) // 2 :]
+                assert all(size > low for size, low in second_half)
+                assert max(size for size, _ in sizes) < server.push.max_buffer
+
+                # The welcome, the confirmation and every event arrive.
+                expected = 2 + published
+                async with asyncio.timeout(timeout(2)):
+                    closure = await slow.closed_by_server(0.1)
+                    while closure.messages < expected and not closure.closed:
+                        closure = await slow.closed_by_server(0.1)
+
+        assert not closure.closed
+        assert closure.messages == expected
+        assert not messages(caplog, "dropped client")
+
+    run(scenario(), units=20)
+
+
+def test_drop_burst_skips_aborted_connection(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.WARNING)
+    max_buffer = 64_000
+    count = 3000
+
+    async def scenario() -> dict[str, Any]:
+        async with rtkit.Server(
+            port=0, max_buffer=max_buffer, slow_policy="drop", close_timeout=0.5
+        ) as server:
+            async with stalled_client(server.ws_url) as stalled:
+                await subscribe_stalled(server, stalled)
+                client = server.push.clients[server_side(server, stalled)]
+                out_before = server.push.totals["out"]
+                # One synchronous burst: the abort cannot complete before it ends.
+                for _ in range(count):
+                    server.publish(EVENT_TEXT)
+                out = server.push.totals["out"] - out_before
+                await until(lambda: not server.push.clients)
+                closure = await stalled.closed_by_server(timeout(2))
+        return {"client": client, "out": out, "closure": closure}
+
+    outcome = run(scenario(), units=20)
+    client, out, closure = outcome["client"], outcome["out"], outcome["closure"]
+    assert 0 < out < count
+    # Written before the abort: max_buffer, plus the capped kernel buffers.
+    assert out * len(EVENT_TEXT) < 2 * max_buffer
+    assert client.messages_out == 2 + out  # the welcome and the confirmation
+    assert closure.messages <= client.messages_out
+    assert len(messages(caplog, "dropped client")) == 1
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    assert capfd.readouterr().err == ""
 
 
 def test_push_handler_invalid_max_behind_raises() -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 import rtkit
 from rtkit.hub import Hub
-from rtkit.push import PushHandler
+from rtkit.push import DEFAULT_STALL_TIMEOUT, PushHandler
 
 from .conftest import run, timeout, until
 
@@ -384,6 +385,12 @@ def test_push_subscription_and_channel_limits() -> None:
         ({"max_rate": 0}, "invalid max_rate: 0; use a number"),
         ({"max_rate": "fast"}, "invalid max_rate: 'fast'"),
         ({"slow_policy": "block"}, "invalid slow_policy: 'block'; use 'drop'"),
+        ({"stall_timeout": 0}, "invalid stall_timeout: 0; pass the seconds"),
+        ({"stall_timeout": -1.5}, "invalid stall_timeout: -1.5;"),
+        ({"stall_timeout": float("nan")}, "invalid stall_timeout: nan;"),
+        ({"stall_timeout": float("inf")}, "invalid stall_timeout: inf;"),
+        ({"stall_timeout": True}, "invalid stall_timeout: True;"),
+        ({"stall_timeout": "5"}, "invalid stall_timeout: '5';"),
     ],
 )
 def test_push_handler_invalid_options_raise(
@@ -397,7 +404,59 @@ def test_push_handler_options_default() -> None:
     handler = PushHandler(Hub())
     assert handler.max_rate == 100.0
     assert handler.slow_policy == "drop"
+    assert handler.stall_timeout is None
     assert PushHandler(Hub(), max_rate=None).max_rate is None
+    assert PushHandler(Hub(), stall_timeout=3).stall_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    ("stall_timeout", "ping_interval", "ping_timeout", "expected"),
+    [
+        (None, 20, 20, 40.0),
+        (None, 1, 0.5, 1.5),
+        (None, None, 20, DEFAULT_STALL_TIMEOUT),
+        (None, 20, None, DEFAULT_STALL_TIMEOUT),
+        (7, 1, 1, 7.0),
+        (7, None, None, 7.0),
+    ],
+)
+def test_push_stall_timeout_for_connection(
+    stall_timeout: float | None,
+    ping_interval: float | None,
+    ping_timeout: float | None,
+    expected: float,
+) -> None:
+    handler = PushHandler(Hub(), stall_timeout=stall_timeout)
+    keepalive = SimpleNamespace(ping_interval=ping_interval, ping_timeout=ping_timeout)
+    assert handler.stall_timeout_for(keepalive) == expected  # type: ignore[arg-type]
+
+
+def test_push_one_watchdog_for_all_clients() -> None:
+    def watchdogs() -> list[asyncio.Task[Any]]:
+        return [
+            task
+            for task in asyncio.all_tasks()
+            if task.get_name() == "rtkit push watchdog" and not task.done()
+        ]
+
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            assert watchdogs() == []
+            clients = [
+                await connect(server.ws_url, open_timeout=timeout(2)) for _ in range(20)
+            ]
+            await until(lambda: len(server.push.clients) == 20)
+            assert len(watchdogs()) == 1
+            for client in clients:
+                await client.close()
+            await until(lambda: not server.push.clients)
+            await until(lambda: watchdogs() == [])
+            # A new client starts it again.
+            client = await connect(server.ws_url, open_timeout=timeout(2))
+            await until(lambda: len(watchdogs()) == 1)
+            await client.close()
+
+    run(scenario())
 
 
 def test_push_rate_limit_closes_with_1008(caplog: pytest.LogCaptureFixture) -> None:
