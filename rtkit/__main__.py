@@ -18,10 +18,12 @@ import os
 import signal
 import ssl
 import sys
+from pathlib import Path
 
 from . import routes
-from .auth import AUTH_METHODS, TokenAuth
+from .auth import AUTH_METHODS, TOKEN_PATTERN, TokenAuth
 from .hub import DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CHANNELS
+from .origins import normalize_origin
 from .push import DEFAULT_MAX_BUFFER, DEFAULT_MAX_RATE
 from .server import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, PortInUseError, Server
 from .source import EventSource
@@ -29,6 +31,73 @@ from .source import EventSource
 __all__ = ["main"]
 
 logger = logging.getLogger("rtkit.cli")
+
+
+TOKEN_VARIABLE = "RTKIT_TOKEN"
+"""The environment variable that ``--token`` defaults to."""
+
+TOKEN_FORM = "1 to 256 letters, digits and - . _ ~ + / (then optional = padding)"
+
+
+def port_number(text: str) -> int:
+    """Parse a port for argparse: an integer from 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a port from 0 to 65535 (0 picks a "
+            "free port)"
+        )
+    return value
+
+
+def host_address(text: str) -> str:
+    """Parse an address to bind for argparse: any non-empty text."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass an address of this machine, such as "
+            f"{DEFAULT_HOST}, or 0.0.0.0 or :: to listen on every interface"
+        )
+    return text
+
+
+def origin(text: str) -> str:
+    """Parse an allowed origin for argparse, as the server normalizes it."""
+    try:
+        return normalize_origin(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass null or scheme://host[:port] with "
+            "http or https, e.g. http://host:8000"
+        ) from None
+
+
+def positive_count(text: str) -> int:
+    """Parse a count for argparse: a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a positive integer"
+        )
+    return value
+
+
+def byte_count(text: str) -> int:
+    """Parse a number of bytes for argparse: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a number of bytes, an integer >= 0"
+        )
+    return value
 
 
 def count_or_zero(text: str) -> int | None:
@@ -42,6 +111,55 @@ def count_or_zero(text: str) -> int | None:
             f"invalid value: {text!r}; pass a positive integer, or 0 for no limit"
         )
     return value or None
+
+
+def event_rate(text: str) -> float:
+    """Parse the event source's rate for argparse, within EventSource's range."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= EventSource.MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass events per second, above 0 and at "
+            f"most {EventSource.MAX_RATE:g}"
+        )
+    return value
+
+
+def folder_path(text: str) -> str:
+    """Parse a folder path for argparse: any non-empty text."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass a folder path, e.g. ~/.rtkit/tls"
+        )
+    return text
+
+
+def token_value(text: str) -> str:
+    """Parse a token for argparse: the token68 syntax that TokenAuth accepts."""
+    if not TOKEN_PATTERN.fullmatch(text):
+        # The value is a secret, so the message leaves it out.
+        raise argparse.ArgumentTypeError(
+            f"invalid value: the token is not {TOKEN_FORM}; pass such a "
+            "token, or leave --token out and pass --auth-via for a random one"
+        )
+    return text
+
+
+def token_from_environment() -> str | None:
+    """Return ``RTKIT_TOKEN``, or ``None`` when it is unset or empty.
+
+    Raises:
+        ValueError: naming ``RTKIT_TOKEN`` if its value is not a valid token.
+    """
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(
+            f"invalid {TOKEN_VARIABLE}: the token is not {TOKEN_FORM}; set it "
+            "to such a token, or unset it"
+        )
+    return token
 
 
 def rate_or_zero(text: str) -> float | None:
@@ -72,16 +190,19 @@ def seconds(text: str) -> float:
 
 
 def seconds_or_zero(text: str) -> float | None:
-    """Parse a duration for argparse: seconds above 0, or 0 to disable."""
-    if text.strip() in ("0", "0.0"):
-        return None
+    """Parse a duration for argparse: seconds above 0, or 0 (also 0.00) to disable."""
     try:
-        return seconds(text)
-    except argparse.ArgumentTypeError:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value == 0:
+        return None
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(
             f"invalid value: {text!r}; pass a number of seconds above 0, or 0 "
             "to turn it off"
-        ) from None
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cert.add_argument(
         "--dir",
+        type=folder_path,
         default=None,
         metavar="DIR",
         help="folder for ca.pem, server.pem and server-key.pem (default: "
@@ -117,20 +239,22 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
 
     serve.add_argument(
         "--host",
+        type=host_address,
         default=DEFAULT_HOST,
-        help="address to bind (default: %(default)s; 0.0.0.0 exposes the server "
-        "to the network)",
+        help="address to bind (default: %(default)s; 0.0.0.0 or :: exposes the "
+        "server to the network)",
     )
 
     serve.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=None,
         help="port to bind (default: RTKIT_PORT or 8765; 0 picks a free port)",
     )
 
     serve.add_argument(
         "--allow-origin",
+        type=origin,
         action="append",
         default=[],
         metavar="ORIGIN",
@@ -141,16 +265,16 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
 
     serve.add_argument(
         "--max-size",
-        type=int,
+        type=count_or_zero,
         default=2**20,
         metavar="BYTES",
         help="largest incoming message in bytes; larger ones close with 1009 "
-        "(default: %(default)s)",
+        "(default: %(default)s; 0 for no limit)",
     )
 
     serve.add_argument(
         "--rate",
-        type=float,
+        type=event_rate,
         default=None,
         metavar="EVENTS_PER_SECOND",
         help="run the built-in event source at this rate, so the page's "
@@ -166,7 +290,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
 
     serve.add_argument(
         "--history",
-        type=int,
+        type=positive_count,
         default=DEFAULT_HISTORY_SIZE,
         metavar="EVENTS",
         help="events kept for pollers and resuming clients (default: %(default)s)",
@@ -174,7 +298,7 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
 
     serve.add_argument(
         "--max-channels",
-        type=int,
+        type=positive_count,
         default=DEFAULT_MAX_CHANNELS,
         metavar="COUNT",
         help="channels that may exist at once (default: %(default)s)",
@@ -209,7 +333,7 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-buffer",
-        type=int,
+        type=byte_count,
         default=DEFAULT_MAX_BUFFER,
         metavar="BYTES",
         help="bytes that may wait in one client's write buffer before "
@@ -221,6 +345,15 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
         default="drop",
         help="what happens to a client over --max-buffer: drop its connection, "
         "or discard messages for it until it catches up (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--stall-timeout",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="abort a connection whose write buffer has sent nothing for this "
+        "long while data waits, a client that stopped reading (default: "
+        "--ping-interval plus --ping-timeout)",
     )
     serve.add_argument(
         "--ping-interval",
@@ -252,7 +385,8 @@ def add_security_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--token",
-        default=os.environ.get("RTKIT_TOKEN") or None,
+        type=token_value,
+        default=None,
         help="require this token from WebSocket clients and /poll (default: "
         "RTKIT_TOKEN when set, which keeps it out of the process list)",
     )
@@ -351,6 +485,7 @@ def build_auth(token: str | None, via: str | None) -> TokenAuth | None:
 def serve(args: argparse.Namespace) -> int:
     """Run ``python -m rtkit serve`` and return the exit status."""
     try:
+        token = args.token if args.token is not None else token_from_environment()
         server = Server(
             args.host,
             args.port,
@@ -363,10 +498,11 @@ def serve(args: argparse.Namespace) -> int:
             max_wait=args.max_wait,
             max_buffer=args.max_buffer,
             slow_policy=args.slow_policy,
+            stall_timeout=args.stall_timeout,
             ping_interval=args.ping_interval,
             ping_timeout=args.ping_timeout,
             check_origin=args.check_origin,
-            auth=build_auth(args.token, args.auth_via),
+            auth=build_auth(token, args.auth_via),
             ssl=load_server_context(args.certfile, args.keyfile),
             access_log=args.access_log,
         )
@@ -374,7 +510,11 @@ def serve(args: argparse.Namespace) -> int:
             # Validate before binding, so a bad rate never leaves a half-started server.
             EventSource(server.hub, args.rate)
         asyncio.run(serve_until_stopped(server, args.rate, args.poisson))
-    except (PortInUseError, ValueError) as exc:
+    except PortInUseError as exc:
+        # strerror leaves out the "[Errno 98]" prefix of str(exc).
+        print(f"rtkit: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"rtkit: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -405,9 +545,11 @@ def cert(args: argparse.Namespace) -> int:
         ca = LocalCA.create(directory)
         spki = ca.spki_sha256()
     except (OSError, ValueError) as exc:
+        blocker = _file_in_path(Path(directory))
+        problem = f"{blocker} is a file, not a folder" if blocker else str(exc)
         print(
-            f"rtkit: cannot create certificates in {directory}: {exc}; pass a "
-            "writable folder with --dir",
+            f"rtkit: cannot create certificates in {directory}: {problem}; pass "
+            "a writable folder with --dir",
             file=sys.stderr,
         )
         return 2
@@ -424,6 +566,14 @@ def cert(args: argparse.Namespace) -> int:
     print(f"  curl:     curl --cacert {ca.ca_file} https://127.0.0.1:8765/health")
     print(f"  Chromium: --ignore-certificate-errors-spki-list={spki}")
     return 0
+
+
+def _file_in_path(path: Path) -> Path | None:
+    """Return the file that ``path`` or one of its parents is, or ``None``."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,9 @@ ways, each with its own trade-off:
     cookie (``HttpOnly; SameSite=Strict``) that the browser then sends with
     every upgrade on its own. Because the browser sends it on its own, a page
     on another local port (same site, since cookies ignore ports) can ride on
-    it, and only the server's ``Origin`` check stops that page.
+    it, and only the server's ``Origin`` check stops that page. The cookie's
+    name ends with the server's port, ``rtkit_session_8765``, so that two
+    servers on one host do not overwrite each other's session.
 
 With any of them, ``/poll`` accepts the token as ``Authorization: Bearer``,
 as ``?token=``, or as the session cookie.
@@ -57,6 +59,8 @@ __all__ = [
     "AuthenticationFailed",
     "TokenAuth",
     "connect",
+    "is_session_cookie",
+    "session_cookie_name",
 ]
 
 logger = logging.getLogger("rtkit.auth")
@@ -66,7 +70,12 @@ AUTH_METHODS: tuple[AuthMethod, ...] = ("query", "message", "cookie")
 """The ways a client can send the token, as :class:`TokenAuth` ``via`` takes them."""
 
 SESSION_COOKIE = "rtkit_session"
-"""The name of the session cookie that ``GET /login`` sets."""
+"""The prefix of the session cookie's name; see :func:`session_cookie_name`."""
+
+REPEATED_AUTHORIZATION = (
+    "the request repeats its Authorization header; send one "
+    "'Authorization: Bearer TOKEN'"
+)
 
 MAX_SESSIONS = 1000
 """Session cookies kept at once; the oldest is forgotten beyond this."""
@@ -77,6 +86,22 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{1,256}=*")
 
 class AuthenticationFailed(Exception):
     """Raised by :func:`connect` when the server rejects the token."""
+
+
+def session_cookie_name(port: int) -> str:
+    """Return the name of the session cookie of the server on ``port``.
+
+    Browsers keep one cookie per host, name and path, whatever the port, so
+    a shared name would let a login on one port replace the session of a
+    server on another port of the same host.
+    """
+    return f"{SESSION_COOKIE}_{port}"
+
+
+def is_session_cookie(name: str) -> bool:
+    """Return whether ``name`` is an rtkit session cookie's name, for any port."""
+    prefix = SESSION_COOKIE + "_"
+    return name.startswith(prefix) and name.removeprefix(prefix).isdecimal()
 
 
 def _check_token(token: object) -> str:
@@ -136,26 +161,39 @@ class TokenAuth:
 
     # Checks
 
-    def matches(self, candidate: str | None) -> bool:
-        """Return whether ``candidate`` is the token, in constant time."""
-        if candidate is None:
-            return False
-        return hmac.compare_digest(candidate.encode(), self.token.encode())
+    def matches(self, candidate: object) -> bool:
+        """Return whether ``candidate`` is the token, in constant time.
 
-    def has_session(self, request: Request) -> bool:
-        """Return whether ``request`` carries a session cookie from ``/login``."""
-        session = _cookie(request, SESSION_COOKIE)
+        Any string is compared, including non-ASCII text and lone surrogates
+        from a JSON ``\\ud800`` escape; anything but a string never matches.
+        """
+        if not isinstance(candidate, str):
+            return False
+        return _equal_secrets(candidate, self.token)
+
+    def has_session(self, request: Request, *, port: int) -> bool:
+        """Return whether ``request`` carries a session cookie from ``/login``.
+
+        Args:
+            request: the HTTP request.
+            port: the server's port, which names the cookie.
+        """
+        session = _cookie(request, session_cookie_name(port))
         if session is None:
             return False
         # Comparing with every session keeps the time independent of which
         # session a guess comes close to. At most MAX_SESSIONS are kept.
         found = False
         for known in self._sessions:
-            found |= hmac.compare_digest(session.encode(), known.encode())
+            found |= _equal_secrets(session, known)
         return found
 
-    def check_upgrade(self, request: Request) -> str | None:
+    def check_upgrade(self, request: Request, *, port: int) -> str | None:
         """Check the token a WebSocket upgrade carries, as ``via`` requires.
+
+        Args:
+            request: the upgrade request.
+            port: the server's port, which names the session cookie.
 
         Returns:
             ``None`` when the upgrade may proceed (always for ``"message"``,
@@ -170,50 +208,60 @@ class TokenAuth:
                 )
             if not self.matches(token):
                 return "wrong token in ?token=; use the token the server printed"
-        elif self.via == "cookie" and not self.has_session(request):
+        elif self.via == "cookie" and not self.has_session(request, port=port):
             return (
-                f"missing or unknown {SESSION_COOKIE} cookie: GET /login with "
-                "'Authorization: Bearer TOKEN' first, then open the WebSocket"
+                f"missing or unknown {session_cookie_name(port)} cookie: GET "
+                "/login with 'Authorization: Bearer TOKEN' first, then open the "
+                "WebSocket"
             )
         return None
 
-    def check_http(self, request: Request) -> str | None:
+    def check_http(self, request: Request, *, port: int) -> str | None:
         """Check the token of a plain HTTP request such as ``/poll``.
 
         The token may come as ``Authorization: Bearer``, as ``?token=`` or as
         the session cookie, whatever ``via`` is.
 
+        Args:
+            request: the HTTP request.
+            port: the server's port, which names the session cookie.
+
         Returns:
             ``None`` when the request may proceed, else the reason for 401.
         """
+        if len(request.headers.get_all("Authorization")) > 1:
+            return REPEATED_AUTHORIZATION
         bearer = _bearer(request)
         if bearer is not None:
             return None if self.matches(bearer) else "wrong token in Authorization"
         token = _query_token(request)
         if token is not None:
             return None if self.matches(token) else "wrong token in ?token="
-        if self.has_session(request):
+        if self.has_session(request, port=port):
             return None
         return (
             "missing token: this server requires one; send 'Authorization: Bearer "
-            f"TOKEN', add ?token=TOKEN, or send the {SESSION_COOKIE} cookie "
-            "from /login"
+            f"TOKEN', add ?token=TOKEN, or send the {session_cookie_name(port)} "
+            "cookie from /login"
         )
 
     # Responses
 
-    def login(self, request: Request, *, secure: bool = False) -> Response:
+    def login(self, request: Request, *, port: int, secure: bool = False) -> Response:
         """Respond to ``GET /login``: a session cookie for a valid Bearer token.
 
         Args:
             request: the request; its ``Authorization`` header must be
                 ``Bearer TOKEN``.
+            port: the server's port, which names the cookie.
             secure: whether the server uses TLS, which adds ``Secure`` to the
                 cookie so the browser never sends it over plain HTTP.
 
         Returns:
             204 with ``Set-Cookie``, or 401 naming what is missing or wrong.
         """
+        if len(request.headers.get_all("Authorization")) > 1:
+            return unauthorized(REPEATED_AUTHORIZATION)
         bearer = _bearer(request)
         if bearer is None or not self.matches(bearer):
             problem = "missing" if bearer is None else "wrong token in"
@@ -225,7 +273,8 @@ class TokenAuth:
         self._sessions[session] = None
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
-        cookie = f"{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
+        name = session_cookie_name(port)
+        cookie = f"{name}={session}; HttpOnly; SameSite=Strict; Path=/"
         if secure:
             cookie += "; Secure"
         response = routes.http_response(
@@ -257,8 +306,8 @@ class TokenAuth:
                 f"authentication failed: no auth message within {self.timeout:g} s",
             )
             return False
-        problem = _auth_message_problem(message)
-        if problem is None and not self.matches(json.loads(message)["token"]):
+        token, problem = _auth_message_token(message)
+        if problem is None and not self.matches(token):
             problem = "wrong token"
         if problem is not None:
             await connection.close(1008, f"authentication failed: {problem}")
@@ -280,19 +329,36 @@ def unauthorized(reason: str, *, as_json: bool = False) -> Response:
     return response
 
 
-def _auth_message_problem(message: str | bytes) -> str | None:
+def _auth_message_token(message: str | bytes) -> tuple[str | None, str | None]:
+    """Return the token of an auth message and ``None``, or ``None`` and the problem."""
     expected = 'send {"type": "auth", "token": TOKEN} first'
     if isinstance(message, bytes):
-        return f"binary message; {expected}"
+        return None, f"binary message; {expected}"
     try:
         decoded = json.loads(message)
+    except RecursionError:
+        return None, f"first message is JSON nested too deeply; {expected}"
     except ValueError:
-        return f"first message is not JSON; {expected}"
+        return None, f"first message is not JSON; {expected}"
     if not isinstance(decoded, dict) or decoded.get("type") != "auth":
-        return f"first message is not an auth message; {expected}"
-    if not isinstance(decoded.get("token"), str):
-        return f"auth message has no token string; {expected}"
-    return None
+        return None, f"first message is not an auth message; {expected}"
+    token = decoded.get("token")
+    if not isinstance(token, str):
+        return None, f"auth message has no token string; {expected}"
+    return token, None
+
+
+def _equal_secrets(candidate: str, secret: str) -> bool:
+    """Return whether two strings are equal, in constant time for any characters.
+
+    ``hmac.compare_digest`` takes only ASCII strings, so both are compared as
+    UTF-8 bytes, and ``surrogatepass`` encodes the lone surrogates of a JSON
+    ``\\ud800`` escape instead of raising ``UnicodeEncodeError``.
+    """
+    return hmac.compare_digest(
+        candidate.encode("utf-8", "surrogatepass"),
+        secret.encode("utf-8", "surrogatepass"),
+    )
 
 
 def _query_token(request: Request) -> str | None:
@@ -301,9 +367,14 @@ def _query_token(request: Request) -> str | None:
 
 
 def _bearer(request: Request) -> str | None:
-    value = request.headers.get("Authorization")
-    if value is None:
+    """Return the credentials of ``Authorization: Bearer``, or ``None``.
+
+    A repeated header counts as missing; callers check for it first.
+    """
+    values = request.headers.get_all("Authorization")
+    if len(values) != 1:
         return None
+    value = values[0]
     scheme, _, credentials = value.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -371,7 +442,7 @@ async def connect(
     if via == "cookie":
         session = await _login(ws_url, token, kwargs.get("ssl"), open_timeout)
         headers = dict(kwargs.pop("additional_headers", None) or {})
-        headers["Cookie"] = f"{SESSION_COOKIE}={session}"
+        headers["Cookie"] = session
         try:
             return await websocket_connect(ws_url, additional_headers=headers, **kwargs)
         except InvalidStatus as exc:
@@ -441,7 +512,10 @@ async def _login(
     ssl_context: ssl.SSLContext | bool | None,
     open_timeout: float | None,
 ) -> str:
-    """Send ``GET /login`` with the token and return the session cookie value."""
+    """Send ``GET /login`` with the token and return the session cookie.
+
+    The cookie comes back as ``name=value``, ready for a ``Cookie`` header.
+    """
     parts = urlsplit(ws_url)
     secure = parts.scheme == "wss"
     host = parts.hostname or "127.0.0.1"
@@ -472,7 +546,10 @@ async def _login(
 
 
 def _session_cookie(raw: bytes) -> str:
-    """Return the session cookie value from a raw ``/login`` response.
+    """Return the session cookie from a raw ``/login`` response, as ``name=value``.
+
+    The name is taken from the response rather than built from the URL's
+    port, because a proxy in front of the server may use another port.
 
     Raises:
         AuthenticationFailed: if the status is not 204 or the cookie is missing.
@@ -488,6 +565,9 @@ def _session_cookie(raw: bytes) -> str:
         name, _, value = line.partition(":")
         if name.strip().lower() == "set-cookie":
             cookie_name, _, rest = value.strip().partition("=")
-            if cookie_name == SESSION_COOKIE:
-                return rest.split(";", 1)[0]
-    raise AuthenticationFailed(f"GET /login returned no {SESSION_COOKIE} cookie")
+            if is_session_cookie(cookie_name):
+                return f"{cookie_name}={rest.split(';', 1)[0]}"
+    raise AuthenticationFailed(
+        f"GET /login returned no {SESSION_COOKIE}_PORT cookie; check that the "
+        "server uses TokenAuth(via='cookie')"
+    )

@@ -43,7 +43,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from .auth import AUTH_METHODS, SESSION_COOKIE, AuthenticationFailed
+from .auth import (
+    AUTH_METHODS,
+    SESSION_COOKIE,
+    AuthenticationFailed,
+    is_session_cookie,
+)
 from .hub import short_repr
 from .server import describe_close
 
@@ -653,7 +658,7 @@ class WebSocketSubscriber(StreamClient):
             it), ``"message"`` sends ``{"type": "auth", "token": ...}`` first
             and waits for ``{"type": "authenticated"}``, ``"cookie"`` sends
             ``GET /login`` with ``Authorization: Bearer`` before each
-            connection and then the ``rtkit_session`` cookie it returns.
+            connection and then the ``rtkit_session_PORT`` cookie it returns.
         ssl: a TLS context, e.g. ``LocalCA.client_context()``, to use ``wss``.
         ping_interval: seconds between the client's keepalive pings; ``None``
             disables them.
@@ -838,7 +843,7 @@ class WebSocketSubscriber(StreamClient):
         if self.token is not None and self.auth == "query":
             url += "?" + urlencode({"token": self.token})
         elif self.token is not None and self.auth == "cookie":
-            headers["Cookie"] = f"{SESSION_COOKIE}={await self._log_in()}"
+            headers["Cookie"] = await self._log_in()
         options: dict[str, Any] = {}
         if self.ssl is not None:
             options["ssl"] = self.ssl
@@ -857,7 +862,7 @@ class WebSocketSubscriber(StreamClient):
         return connection
 
     async def _log_in(self) -> str:
-        """Send ``GET /login`` with the token; return the session cookie's value.
+        """Send ``GET /login`` with the token; return the cookie as ``name=value``.
 
         Raises:
             AuthenticationFailed: if the server rejects the token or sets no
@@ -886,7 +891,7 @@ class WebSocketSubscriber(StreamClient):
         if session is None:
             raise AuthenticationFailed(
                 f"GET /login returned HTTP {response.status} without a "
-                f"{SESSION_COOKIE} cookie; check that the server uses "
+                f"{SESSION_COOKIE}_PORT cookie; check that the server uses "
                 "TokenAuth(via='cookie')"
             )
         return session
@@ -942,7 +947,11 @@ class WebSocketSubscriber(StreamClient):
 
 
 def _session_cookie(headers: list[tuple[str, str]]) -> str | None:
-    """Return the value of the session cookie among ``Set-Cookie`` headers."""
+    """Return the session cookie among ``Set-Cookie`` headers, as ``name=value``.
+
+    The name ends with the server's port, which can differ from the URL's
+    port behind a proxy, so any ``rtkit_session_PORT`` name is accepted.
+    """
     for name, value in headers:
         if name.lower() != "set-cookie":
             continue
@@ -951,6 +960,7 @@ def _session_cookie(headers: list[tuple[str, str]]) -> str | None:
             cookie.load(value)
         except CookieError:
             continue
-        if SESSION_COOKIE in cookie:
-            return cookie[SESSION_COOKIE].value
+        for cookie_name, morsel in cookie.items():
+            if is_session_cookie(cookie_name):
+                return f"{cookie_name}={morsel.value}"
     return None

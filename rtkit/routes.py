@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "is_upgrade",
     "json_response",
     "parse_poll_query",
+    "repeated_header",
     "request_path",
     "resolve_static",
     "route_name",
@@ -59,9 +61,21 @@ CONTENT_TYPES = {
 
 
 def is_upgrade(request: Request) -> bool:
-    """Return whether ``request`` is a WebSocket upgrade request."""
-    tokens = request.headers.get("Upgrade", "").lower().split(",")
-    return "websocket" in (token.strip() for token in tokens)
+    """Return whether ``request`` is a WebSocket upgrade request.
+
+    Repeated ``Upgrade`` headers are read as one comma-separated list, as RFC
+    9110 section 5.3 allows, so this never raises.
+    """
+    values = ",".join(request.headers.get_all("Upgrade"))
+    return "websocket" in (token.strip() for token in values.lower().split(","))
+
+
+def repeated_header(request: Request, names: Iterable[str]) -> str | None:
+    """Return the first of ``names`` that ``request`` sends more than once."""
+    for name in names:
+        if len(request.headers.get_all(name)) > 1:
+            return name
+    return None
 
 
 def http_response(

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import math
 import os
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -183,6 +185,106 @@ def _check_flag(name: str, value: object) -> bool:
     return value
 
 
+def _check_host(host: object) -> str:
+    # An empty host makes asyncio bind every interface, IPv4 and IPv6 on
+    # separate sockets, and with port 0 each socket gets its own port.
+    if not isinstance(host, str) or not host.strip():
+        raise ValueError(
+            f"invalid host: {host!r}; pass an address of this machine, such as "
+            f"{DEFAULT_HOST!r} (this machine only), or '0.0.0.0' or '::' to "
+            "listen on every interface explicitly"
+        )
+    return host
+
+
+def _check_close_timeout(value: object) -> float:
+    valid = isinstance(value, int | float) and not isinstance(value, bool)
+    if not valid or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(
+            f"invalid close_timeout: {value!r}; pass the seconds to wait for a "
+            "client's close frame at shutdown, above 0, e.g. 5"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _is_loopback(host: str) -> bool:
+    """Return whether ``host`` names this machine only, as opposed to a network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A DNS name may resolve to any address.
+        return False
+
+
+class _LoopLock:
+    """An :class:`asyncio.Lock` per event loop, created on first use.
+
+    A :class:`Server` may be created outside any loop and used from several,
+    one after the other (each ``asyncio.run``) or at once (a server thread
+    beside the notebook's loop), while an :class:`asyncio.Lock` raises
+    ``RuntimeError`` when it is used from a second loop. NOTE: calls from two
+    loops at once are therefore not serialized against each other.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Lock
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self) -> asyncio.Lock:
+        """Return the lock of the running event loop."""
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks.setdefault(loop, asyncio.Lock())
+        return lock
+
+
+_bind_lock = _LoopLock()
+"""Held while a server checks the registry and binds, so that two servers
+starting on one port at once do not both try to bind it."""
+
+
+class _RepeatFilter:
+    """Let each log message through at most once per ``interval`` seconds.
+
+    A client in a retry loop with a wrong token would otherwise add a line per
+    attempt and push every other line out of the log buffer.
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        max_messages: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.max_messages = max_messages
+        self.clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._held_back: Counter[str] = Counter()
+
+    def admit(self, message: str) -> int | None:
+        """Return ``None`` to hold ``message`` back, else how many were held back.
+
+        The count is the number of repeats of ``message`` held back since it
+        was last let through.
+        """
+        now = self.clock()
+        if now - self._logged_at.get(message, -math.inf) < self.interval:
+            self._held_back[message] += 1
+            return None
+        if message not in self._logged_at and len(self._logged_at) >= self.max_messages:
+            # Forget the message logged longest ago, so memory stays bounded.
+            oldest = min(self._logged_at, key=self._logged_at.__getitem__)
+            del self._logged_at[oldest]
+            self._held_back.pop(oldest, None)
+        self._logged_at[message] = now
+        return self._held_back.pop(message, 0)
+
+
 class PortInUseError(OSError):
     """Raised when another program already listens on the requested port."""
 
@@ -252,7 +354,9 @@ class Server:
 
     Args:
         host: the address to bind; ``127.0.0.1`` keeps the server private to this
-            machine, ``0.0.0.0`` exposes it to the network.
+            machine, ``0.0.0.0`` (IPv4) or ``::`` (IPv6) exposes it to the
+            network and logs a warning at start. An empty string is rejected,
+            because asyncio would bind every interface on two sockets.
         port: the port to bind; ``None`` means :func:`default_port`, ``0`` picks
             a free port (read it back from :attr:`port`).
         handler: the WebSocket connection handler; ``None`` means
@@ -265,7 +369,8 @@ class Server:
             connection with 1009. ``None`` disables the limit.
         ping_interval: seconds between keepalive pings; ``None`` disables them.
         ping_timeout: seconds to wait for a pong before closing with 1011.
-        close_timeout: seconds to wait for a client's close frame at shutdown.
+        close_timeout: seconds to wait for a client's close frame at shutdown,
+            above 0.
         static_dir: the folder served under ``/static/``.
         history_size: how many recent events the hub keeps for pollers and
             resuming clients.
@@ -286,6 +391,12 @@ class Server:
             aborts its connection (it reconnects and resumes from the
             history), ``"discard"`` keeps it and skips messages for it until
             it catches up (it sees a gap in ``seq``). Default handler only.
+        stall_timeout: seconds a client's write buffer may send nothing while
+            data waits before the connection is aborted, under either
+            ``slow_policy``. It catches a client that stopped reading on a
+            quiet stream, whose keepalive ping waits behind the unsent data.
+            ``None`` means ``ping_interval + ping_timeout`` (40 s by
+            default). Default handler only.
         check_origin: whether to reject upgrades from pages of other origins,
             and HTTP requests whose ``Host`` is a DNS name that
             ``allowed_origins`` does not list (DNS rebinding; see
@@ -323,12 +434,13 @@ class Server:
         max_rate: float | None = DEFAULT_MAX_RATE,
         max_wait: float = routes.MAX_WAIT,
         slow_policy: Literal["drop", "discard"] = "drop",
+        stall_timeout: float | None = None,
         check_origin: bool = True,
         auth: TokenAuth | None = None,
         ssl: SSLContext | None = None,
         access_log: bool = False,
     ) -> None:
-        self.host = host
+        self.host = _check_host(host)
         self.requested_port = default_port() if port is None else _check_port(port)
         self.max_connections = _check_max_connections(max_connections)
         self.max_wait = _check_max_wait(max_wait)
@@ -353,9 +465,14 @@ class Server:
                 f"invalid max_buffer: {max_buffer!r}; pass the bytes a client may "
                 f"have waiting to be sent, an integer >= 0, e.g. {DEFAULT_MAX_BUFFER}"
             )
-        # PushHandler raises ValueError for an invalid max_rate or slow_policy.
+        # PushHandler raises ValueError for an invalid max_rate, slow_policy
+        # or stall_timeout.
         self.push = PushHandler(
-            self.hub, max_buffer=max_buffer, max_rate=max_rate, slow_policy=slow_policy
+            self.hub,
+            max_buffer=max_buffer,
+            max_rate=max_rate,
+            slow_policy=slow_policy,
+            stall_timeout=stall_timeout,
         )
         self.handler: Handler = handler or self.push
         self.source: EventSource | None = None
@@ -374,10 +491,13 @@ class Server:
         self.ping_timeout = _check_optional_seconds(
             "ping_timeout", ping_timeout, "None to wait for pongs forever"
         )
-        self.close_timeout = close_timeout
+        self.close_timeout = _check_close_timeout(close_timeout)
         self.static_dir = Path(static_dir)
         self.handshakes: deque[Handshake] = deque(maxlen=50)
-        """The most recent WebSocket handshakes, accepted or rejected."""
+        """The most recent WebSocket handshakes, accepted or rejected.
+
+        They keep whole requests, so a ``?token=`` or session cookie sent with
+        an upgrade is in memory here, as in the access log."""
         self.request_counts: Counter[str] = Counter()
         """Requests received since creation, by :func:`~rtkit.routes.route_name`."""
         self.started_at: float | None = None
@@ -390,6 +510,11 @@ class Server:
         self.rejected_full = 0
         """Upgrades rejected with 503 because ``max_connections`` were open."""
         self._full_logged_at = -math.inf
+        self.rejected_auth = 0
+        """Upgrades, ``/login`` requests and first messages rejected for the token."""
+        self._auth_repeats = _RepeatFilter()
+        self._lifecycle_lock = _LoopLock()
+        """Serializes start, stop, kill and restart of this server."""
 
     # Lifecycle
 
@@ -405,18 +530,66 @@ class Server:
                 after the last ``seq`` they saw without losing events. By
                 default a start begins a new epoch with an empty history.
 
+        Start, stop, kill and restart of one server run one at a time, so
+        two quick clicks on a Start button start it once.
+
         Raises:
             PortInUseError: if another program (or another kernel) uses the port.
         """
+        async with self._lifecycle_lock.get():
+            await self._start(keep_history)
+        return self
+
+    async def _start(self, keep_history: bool) -> None:
         if self._websocket_server is not None:
-            return self
+            return
         install_log_buffer()
-        previous = _registry.get(self.requested_port)
-        if previous is not None and previous is not self:
-            logger.info("replacing the rtkit server on %s", previous.url)
-            await previous.stop()
+        while True:
+            previous = _registry.get(self.requested_port)
+            if previous is not None and previous is not self:
+                # This runs outside _bind_lock, because previous.stop() waits
+                # for the lifecycle lock of previous, whose holder may be
+                # waiting for _bind_lock in a restart.
+                logger.info("replacing the rtkit server on %s", previous.url)
+                await previous.stop()
+            async with _bind_lock.get():
+                # Another server may have taken the port while this one
+                # waited; stop that one too.
+                if _registry.get(self.requested_port) not in (None, self):
+                    continue
+                await self._bind()
+                break
+        if keep_history:
+            # stop() and kill() closed the hub to release waiting long polls;
+            # reopen it so that new long polls wait again.
+            self.hub.closed = False
+        else:
+            self.hub.reset()
+        self.started_at = time.time()
+        logger.info(
+            "rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url
+        )
+        if not _is_loopback(self.host):
+            logger.warning(
+                "rtkit server on %s listens on %s, so other machines on the "
+                "network can connect to it; pass host='127.0.0.1' (--host "
+                "127.0.0.1) to keep it on this machine",
+                self.url,
+                self.host,
+            )
+        if not self.check_origin:
+            logger.warning(
+                "Origin check disabled on %s: any web page open in a browser on "
+                "this machine can connect to it",
+                self.url,
+            )
+        if self.auth is not None:
+            logger.info("clients must send a token (via %s)", self.auth.via)
+
+    async def _bind(self) -> None:
+        """Listen on the port, and enter the server in the registry."""
         try:
-            self._websocket_server = await serve(
+            websocket_server = await serve(
                 self._handle,
                 self.host,
                 self.requested_port,
@@ -437,27 +610,12 @@ class Server:
             if exc.errno == errno.EADDRINUSE:
                 raise self._port_in_use() from exc
             raise
-        self._bound_port = self._websocket_server.sockets[0].getsockname()[1]
-        if keep_history:
-            # stop() and kill() closed the hub to release waiting long polls;
-            # reopen it so that new long polls wait again.
-            self.hub.closed = False
-        else:
-            self.hub.reset()
-        self.started_at = time.time()
+        self._websocket_server = websocket_server
+        # NOTE: a name that resolves to several addresses, such as localhost
+        # where /etc/hosts also lists ::1, gets one socket per address, and
+        # with port 0 each socket gets its own port; port and url name the first.
+        self._bound_port = websocket_server.sockets[0].getsockname()[1]
         _registry[self._bound_port] = self
-        logger.info(
-            "rtkit server listening on %s (WebSocket %s)", self.url, self.ws_url
-        )
-        if not self.check_origin:
-            logger.warning(
-                "Origin check disabled on %s: any web page open in a browser on "
-                "this machine can connect to it",
-                self.url,
-            )
-        if self.auth is not None:
-            logger.info("clients must send a token (via %s)", self.auth.via)
-        return self
 
     def _port_in_use(self) -> PortInUseError:
         port = self.requested_port
@@ -475,6 +633,10 @@ class Server:
 
         Stopping a server that is not running does nothing.
         """
+        async with self._lifecycle_lock.get():
+            await self._stop()
+
+    async def _stop(self) -> None:
         websocket_server = self._detach()
         if websocket_server is None:
             return
@@ -515,6 +677,10 @@ class Server:
 
         Killing a server that is not running does nothing.
         """
+        async with self._lifecycle_lock.get():
+            await self._kill()
+
+    async def _kill(self) -> None:
         port = self._bound_port
         websocket_server = self._detach()
         if websocket_server is None:
@@ -569,14 +735,15 @@ class Server:
         Args:
             keep_history: passed to :meth:`start`.
         """
-        port = self._bound_port
-        source = self.source
-        await self.stop()
-        if port is not None and self.requested_port == 0:
-            self.requested_port = port
-        await self.start(keep_history=keep_history)
-        if source is not None:
-            self.start_source(source.rate, poisson=source.poisson)
+        async with self._lifecycle_lock.get():
+            port = self._bound_port
+            source = self.source
+            await self._stop()
+            if port is not None and self.requested_port == 0:
+                self.requested_port = port
+            await self._start(keep_history)
+            if source is not None:
+                self.start_source(source.rate, poisson=source.poisson)
         return self
 
     async def __aenter__(self) -> Self:
@@ -636,8 +803,11 @@ class Server:
     def url(self) -> str:
         """The URL of the browser client served by this server."""
         host = self.host
-        if host in ("", "0.0.0.0", "::"):
+        if host == "0.0.0.0":
             host = "127.0.0.1"
+        elif host == "::":
+            # asyncio sets IPV6_V6ONLY, so "::" accepts no IPv4 connections.
+            host = "::1"
         if ":" in host:
             host = f"[{host}]"
         scheme = "http" if self.ssl is None else "https"
@@ -703,10 +873,9 @@ class Server:
             return True
         if await auth.authenticate(connection):
             return True
-        logger.warning(
-            "client %s from %s failed to authenticate: %s",
-            connection.id.hex[:8],
-            remote_address(connection),
+        self._log_auth_rejection(
+            f"client {connection.id.hex[:8]} from {remote_address(connection)} "
+            "failed to authenticate",
             _closing(connection),
         )
         return False
@@ -718,10 +887,11 @@ class Server:
             return await self._route(connection, request)
         except Exception:
             # websockets would respond "Failed to open a WebSocket connection",
-            # which misleads someone who asked for a page.
+            # which misleads someone who asked for a page. The query string
+            # stays out of the log, because it may carry ?token=.
             logger.exception(
                 "request %s from %s failed",
-                short_repr(request.path, 80),
+                short_repr(routes.request_path(request), 80),
                 remote_address(connection),
             )
             return routes.text_response(
@@ -733,16 +903,19 @@ class Server:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = routes.request_path(request)
-        if routes.is_upgrade(request):
-            self.request_counts["upgrade"] += 1
-            return self._check_upgrade(connection, request, path)
-        self.request_counts[routes.route_name(path)] += 1
+        upgrade = routes.is_upgrade(request)
+        self.request_counts["upgrade" if upgrade else routes.route_name(path)] += 1
         head = request.method == "HEAD"
+        repeated = routes.repeated_header(request, self._single_headers(path))
+        if repeated is not None:
+            return self._repeated_header_response(path, repeated, head)
+        if upgrade:
+            return self._check_upgrade(connection, request, path)
         host_problem = self._host_problem(request)
         if host_problem is not None:
             logger.warning(
                 "rejected request %s from %s: %s",
-                short_repr(request.path, 80),
+                short_repr(path, 80),
                 remote_address(connection),
                 host_problem,
             )
@@ -760,12 +933,12 @@ class Server:
             return routes.json_response(HTTPStatus.OK, self.health(), head=head)
         if path == "/poll":
             if self.auth is not None:
-                reason = self.auth.check_http(request)
+                reason = self.auth.check_http(request, port=self.port)
                 if reason is not None:
                     return unauthorized(reason, as_json=True)
             return await self._poll(connection, request, head)
         if path == "/login":
-            return self._login(request)
+            return self._login(connection, request)
         if path == "/ws":
             return self._explain_ws(request, head)
         if path == "/":
@@ -780,6 +953,26 @@ class Server:
             "/poll, /login, and WebSocket upgrades on /ws and /.",
             head=head,
         )
+
+    @staticmethod
+    def _single_headers(path: str) -> tuple[str, ...]:
+        """Return the headers that a request to ``path`` must not repeat.
+
+        A repeated ``Authorization`` leaves open which token counts, and
+        websockets rejects an upgrade with more than one ``Upgrade`` value,
+        so both get a 400 that names the header.
+        """
+        if path in ("/poll", "/login"):
+            return ("Upgrade", "Authorization")
+        return ("Upgrade",)
+
+    @staticmethod
+    def _repeated_header_response(path: str, name: str, head: bool) -> Response:
+        message = f"bad request: the request repeats its {name} header; send it once"
+        if path == "/poll":
+            body = {"error": "bad_request", "message": message}
+            return routes.json_response(HTTPStatus.BAD_REQUEST, body, head=head)
+        return routes.text_response(HTTPStatus.BAD_REQUEST, message, head=head)
 
     async def _poll(
         self, connection: ServerConnection, request: Request, head: bool
@@ -843,9 +1036,8 @@ class Server:
             if response.status_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 self._log_full(remote)
             else:
-                logger.warning(
-                    "rejected WebSocket upgrade from %s: %s",
-                    remote,
+                self._log_auth_rejection(
+                    f"rejected WebSocket upgrade from {remote}",
                     response.body.decode().strip(),
                 )
             return response
@@ -888,13 +1080,13 @@ class Server:
             if open_count >= self.max_connections:
                 response = routes.text_response(
                     HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"server full: {open_count} connections open "
-                    "(max_connections); try again later",
+                    f"server full: {open_count} of {self.max_connections} "
+                    "connections open (max_connections); try again later",
                 )
                 response.headers["Retry-After"] = str(RETRY_AFTER)
                 return response
         if self.auth is not None:
-            reason = self.auth.check_upgrade(request)
+            reason = self.auth.check_upgrade(request, port=self.port)
             if reason is not None:
                 return unauthorized(reason)
         return None
@@ -918,31 +1110,63 @@ class Server:
             self.rejected_full,
         )
 
+    def _log_auth_rejection(self, event: str, reason: str) -> None:
+        """Count a request rejected for its token, and log it unless repeated.
+
+        ``event`` names the request and its client, ``reason`` the problem.
+        Each reason is logged at most once a second, so a client retrying
+        with a wrong token cannot fill the log buffer.
+        """
+        self.rejected_auth += 1
+        held_back = self._auth_repeats.admit(reason)
+        if held_back is None:
+            return
+        if held_back:
+            logger.warning(
+                "%s: %s (%d more rejected for this reason since it was last logged)",
+                event,
+                reason,
+                held_back,
+            )
+        else:
+            logger.warning("%s: %s", event, reason)
+
     def _explain_ws(self, request: Request, head: bool) -> Response:
-        """Respond to a plain ``GET /ws`` with the status an upgrade would get now."""
+        """Respond to a plain ``GET /ws`` with the status an upgrade would get now.
+
+        With ``via="message"`` that is 426 even without a token, because the
+        token only comes in the first message after the upgrade.
+        """
         response = self._refusal(request)
         if response is None:
-            response = routes.text_response(
-                HTTPStatus.UPGRADE_REQUIRED,
+            text = (
                 f"upgrade required: {request.path} is a WebSocket endpoint; open "
                 f"a WebSocket here, e.g. new WebSocket('{self.ws_url}') in a "
-                "browser",
+                "browser"
             )
+            if self.auth is not None and self.auth.via == "message":
+                text += (
+                    ', then send {"type": "auth", "token": TOKEN} as the first message'
+                )
+            response = routes.text_response(HTTPStatus.UPGRADE_REQUIRED, text)
             response.headers["Upgrade"] = "websocket"
         if head:
             response.body = b""
         return response
 
-    def _login(self, request: Request) -> Response:
+    def _login(self, connection: ServerConnection, request: Request) -> Response:
         if self.auth is None:
             return routes.text_response(
                 HTTPStatus.NOT_FOUND,
                 "not found: /login; this server requires no token, so there is "
                 "nothing to log in to",
             )
-        response = self.auth.login(request, secure=self.ssl is not None)
+        response = self.auth.login(request, port=self.port, secure=self.ssl is not None)
         if response.status_code != HTTPStatus.NO_CONTENT:
-            logger.warning("rejected GET /login: %s", response.body.decode().strip())
+            self._log_auth_rejection(
+                f"rejected GET /login from {remote_address(connection)}",
+                response.body.decode().strip(),
+            )
         return response
 
     def _process_response(

@@ -200,9 +200,23 @@ async def close_of(server: rtkit.Server, message: str | None) -> tuple[int, str]
             json.dumps({"type": "auth", "token": 1}),
             "authentication failed: auth message has no token string",
         ),
+        ('{"type": "auth", "token": "\\ud800"}', "authentication failed: wrong token"),
+        (
+            json.dumps({"type": "auth", "token": "tök\u00e9n"}),
+            "authentication failed: wrong token",
+        ),
+        (
+            "[" * 100_000 + "]" * 100_000,
+            "authentication failed: first message is JSON nested too deeply",
+        ),
     ],
+    ids=["wrong", "not-auth", "not-json", "no-token", "surrogate", "non-ascii", "deep"],
 )
-def test_message_bad_first_message_closes_1008(message: str, reason: str) -> None:
+def test_message_bad_first_message_closes_1008(
+    message: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit")
+
     async def scenario() -> None:
         server_auth = TokenAuth(TOKEN, via="message")
         async with rtkit.Server(port=0, auth=server_auth) as server:
@@ -213,6 +227,19 @@ def test_message_bad_first_message_closes_1008(message: str, reason: str) -> Non
             assert server.is_serving
 
     run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "candidate", ["", "é", "\ud800", TOKEN + "\x00", TOKEN.upper(), None, 1, b"x"]
+)
+def test_token_auth_matches_rejects_other_values(candidate: object) -> None:
+    assert not TokenAuth(TOKEN).matches(candidate)
+
+
+def test_token_auth_matches_token() -> None:
+    assert TokenAuth(TOKEN).matches(TOKEN)
 
 
 def test_message_no_auth_in_time_closes_1008() -> None:
@@ -252,7 +279,7 @@ def test_login_valid_bearer_sets_session_cookie() -> None:
             assert body == b""
             assert "Content-Length" not in headers
             name, _, rest = headers["Set-Cookie"].partition("=")
-            assert name == "rtkit_session"
+            assert name == f"rtkit_session_{server.port}"
             value, _, attributes = rest.partition("; ")
             assert len(value) >= 20
             assert attributes == "HttpOnly; SameSite=Strict; Path=/"
@@ -344,7 +371,7 @@ def test_cookie_secure_over_tls(tmp_path: Path) -> None:
             port=0, auth=server_auth, ssl=ca.server_context()
         ) as server:
             response = server.auth.login(  # type: ignore[union-attr]
-                _login_request(), secure=True
+                _login_request(), port=server.port, secure=True
             )
             assert response.headers["Set-Cookie"].endswith("; Secure")
             client = await auth.connect(
@@ -358,6 +385,75 @@ def test_cookie_secure_over_tls(tmp_path: Path) -> None:
                 assert await client.recv() == rtkit.WELCOME
 
     run(scenario())
+
+
+async def login_cookie(server: rtkit.Server) -> str:
+    """Send GET /login with the token and return the cookie as ``name=value``."""
+    status, headers, _ = await http_get(
+        server, "/login", {"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert status == 204
+    return headers["Set-Cookie"].split(";")[0]
+
+
+def test_cookie_two_servers_keep_own_sessions() -> None:
+    async def scenario() -> None:
+        first = rtkit.Server(port=0, auth=TokenAuth(TOKEN, via="cookie"))
+        second = rtkit.Server(port=0, auth=TokenAuth(TOKEN, via="cookie"))
+        async with first, second:
+            # A browser keeps one cookie per host, path and name, whatever
+            # the port (RFC 6265 section 8.5), so a second login to a server
+            # of the same host replaces a cookie of the same name.
+            jar: dict[str, str] = {}
+            for server in (first, second):
+                name, _, value = (await login_cookie(server)).partition("=")
+                jar[name] = value
+            assert len(jar) == 2
+            cookie = "; ".join(f"{name}={value}" for name, value in jar.items())
+            for server in (first, second):
+                async with websocket_connect(
+                    server.ws_url,
+                    additional_headers={"Cookie": cookie},
+                    open_timeout=timeout(2),
+                ) as client:
+                    assert await client.recv() == rtkit.WELCOME
+                status, _, _ = await http_get(server, "/poll", {"Cookie": cookie})
+                assert status == 200
+
+    run(scenario())
+
+
+def test_cookie_of_other_port_rejected() -> None:
+    async def scenario() -> None:
+        server_auth = TokenAuth(TOKEN, via="cookie")
+        async with rtkit.Server(port=0, auth=server_auth) as server:
+            _, _, value = (await login_cookie(server)).partition("=")
+            other = f"rtkit_session_{server.port + 1}={value}"
+            with pytest.raises(InvalidStatus) as raised:
+                await websocket_connect(
+                    server.ws_url,
+                    additional_headers={"Cookie": other},
+                    open_timeout=timeout(2),
+                )
+            body = raised.value.response.body
+            assert f"unknown rtkit_session_{server.port} cookie".encode() in body
+
+    run(scenario())
+
+
+def test_session_cookie_names() -> None:
+    assert auth.session_cookie_name(8765) == "rtkit_session_8765"
+    assert auth.is_session_cookie("rtkit_session_8765")
+    for name in ("rtkit_session", "rtkit_session_", "rtkit_session_x", "other_8765"):
+        assert not auth.is_session_cookie(name)
+
+
+def test_session_cookie_parsed_with_port_name() -> None:
+    raw = (
+        b"HTTP/1.1 204 No Content\r\nSet-Cookie: theme=dark\r\n"
+        b"Set-Cookie: rtkit_session_9000=abc; HttpOnly; Path=/\r\n\r\n"
+    )
+    assert auth._session_cookie(raw) == "rtkit_session_9000=abc"
 
 
 def _login_request() -> object:
@@ -415,6 +511,23 @@ def test_open_paths_need_no_token(path: str) -> None:
             assert status == 200
 
     run(scenario())
+
+
+def test_repeated_authorization_not_accepted() -> None:
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request
+
+    headers = Headers()
+    headers["Authorization"] = f"Bearer {TOKEN}"
+    headers["Authorization"] = "Bearer wrong"
+    request = Request("/login", headers)
+    server_auth = TokenAuth(TOKEN, via="cookie")
+    reason = server_auth.check_http(request, port=8765)
+    assert reason is not None
+    assert "repeats its Authorization header" in reason
+    response = server_auth.login(request, port=8765)
+    assert response.status_code == 401
+    assert "Set-Cookie" not in response.headers
 
 
 def test_connect_invalid_via_raises() -> None:

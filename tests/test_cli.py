@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 import rtkit
 from rtkit import auth
-from rtkit.__main__ import build_parser
+from rtkit.__main__ import build_parser, token_from_environment
 from rtkit.tls import LocalCA
 
 from .conftest import can_bind, run, timeout
@@ -162,7 +162,10 @@ def test_serve_port_in_use_exits_2() -> None:
         )
 
     assert result.returncode == 2, result.stderr
-    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert result.stderr.startswith(
+        f"rtkit: port {port} on 127.0.0.1 is already in use"
+    )
+    assert "[Errno" not in result.stderr
     assert "start rtkit on another port" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -170,9 +173,9 @@ def test_serve_port_in_use_exits_2() -> None:
 @pytest.mark.parametrize(
     ("port", "message"),
     [
-        ("70000", "invalid port: 70000; pass an integer from 0 to 65535"),
-        ("-1", "invalid port: -1; pass an integer from 0 to 65535"),
-        ("http", "argument --port: invalid int value: 'http'"),
+        ("70000", "argument --port: invalid value: '70000'; pass a port from 0"),
+        ("-1", "argument --port: invalid value: '-1'; pass a port from 0"),
+        ("http", "argument --port: invalid value: 'http'; pass a port from 0"),
     ],
 )
 def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
@@ -186,9 +189,19 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--max-size", "-5"], "invalid max_size: -5"),
-        (["--allow-origin", "not a url"], "invalid origin: 'not a url'"),
-        (["--max-channels", "0"], "invalid max_channels: 0"),
+        (
+            ["--max-size", "-5"],
+            "argument --max-size: invalid value: '-5'; pass a positive integer, "
+            "or 0 for no limit",
+        ),
+        (
+            ["--allow-origin", "not a url"],
+            "argument --allow-origin: invalid value: 'not a url'",
+        ),
+        (["--max-channels", "0"], "argument --max-channels: invalid value: '0'"),
+        (["--history", "-1"], "argument --history: invalid value: '-1'"),
+        (["--rate", "0"], "argument --rate: invalid value: '0'"),
+        (["--host", ""], "argument --host: invalid value: ''"),
         # A documentation address (RFC 5737): bind() fails locally, no traffic.
         (["--host", "192.0.2.1"], "rtkit: cannot listen on 192.0.2.1"),
         (
@@ -198,11 +211,12 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
         ),
         (["--max-rate", "fast"], "argument --max-rate: invalid value: 'fast'"),
         (["--max-wait", "0"], "argument --max-wait: invalid value: '0'"),
-        (["--max-buffer", "-1"], "invalid max_buffer: -1"),
+        (["--max-buffer", "-1"], "argument --max-buffer: invalid value: '-1'"),
         (["--slow-policy", "block"], "argument --slow-policy: invalid choice"),
+        (["--stall-timeout", "0"], "argument --stall-timeout: invalid value: '0'"),
         (["--ping-interval", "-1"], "argument --ping-interval: invalid value"),
         (["--ping-timeout", "nan"], "argument --ping-timeout: invalid value"),
-        (["--token", "has space"], "invalid token"),
+        (["--token", "has space"], "argument --token: invalid value: the token"),
         (["--auth-via", "header"], "argument --auth-via: invalid choice"),
         (["--keyfile", "key.pem"], "--keyfile needs --certfile"),
         (
@@ -216,22 +230,45 @@ def test_serve_invalid_option_exits_2(arguments: list[str], message: str) -> Non
 
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "None" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_invalid_token_variable_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTKIT_TOKEN", "bad token")
+    result = run_serve("--port", "0")
+
+    assert result.returncode == 2, result.stderr
+    assert "rtkit: invalid RTKIT_TOKEN: the token is not" in result.stderr
+    assert "bad token" not in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_parser_zero_means_no_limit() -> None:
-    args = build_parser().parse_args(
-        ["serve", "--max-connections", "0", "--max-rate", "0", "--ping-interval", "0"]
-    )
+    arguments = ["serve", "--max-connections", "0", "--max-rate", "0"]
+    arguments += ["--ping-interval", "0", "--max-size", "0"]
+    args = build_parser().parse_args(arguments)
     assert args.max_connections is None
     assert args.max_rate is None
     assert args.ping_interval is None
+    assert args.max_size is None
 
 
-def test_parser_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("zero", ["0", "0.0", "0.00", " 0", "-0", "0e3"])
+def test_parser_zero_seconds_turns_off(zero: str) -> None:
+    args = build_parser().parse_args(
+        ["serve", "--ping-interval", zero, "--ping-timeout", zero]
+    )
+    assert args.ping_interval is None
+    assert args.ping_timeout is None
+
+
+def test_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert token_from_environment() is None
     monkeypatch.setenv("RTKIT_TOKEN", "from-env")
-    args = build_parser().parse_args(["serve"])
-    assert args.token == "from-env"
+    assert token_from_environment() == "from-env"
+    monkeypatch.setenv("RTKIT_TOKEN", "")
+    assert token_from_environment() is None
 
 
 def test_parser_defaults_match_server() -> None:
@@ -242,6 +279,7 @@ def test_parser_defaults_match_server() -> None:
     assert args.max_wait == server.max_wait
     assert args.max_buffer == server.push.max_buffer
     assert args.slow_policy == server.push.slow_policy
+    assert args.stall_timeout == server.push.stall_timeout
     assert args.ping_interval == server.ping_interval
     assert args.ping_timeout == server.ping_timeout
     assert args.check_origin is True
@@ -295,7 +333,7 @@ def test_serve_auth_via_without_token_prints_one(tmp_path: Path) -> None:
         assert run(scenario()) == rtkit.WELCOME
 
 
-def run_cert(directory: Path) -> subprocess.CompletedProcess[str]:
+def run_cert(directory: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rtkit", "cert", "--dir", str(directory)],
         stdin=subprocess.DEVNULL,
@@ -324,8 +362,37 @@ def test_cert_unwritable_dir_exits_2(tmp_path: Path) -> None:
     result = run_cert(blocker / "tls")
 
     assert result.returncode == 2
-    assert f"rtkit: cannot create certificates in {blocker / 'tls'}" in result.stderr
+    assert (
+        f"rtkit: cannot create certificates in {blocker / 'tls'}: {blocker} is "
+        "a file, not a folder"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cert_dir_is_file_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cert(blocker)
+
+    assert result.returncode == 2
+    assert f"{blocker} is a file, not a folder" in result.stderr
+    assert "[Errno" not in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_cert_empty_dir_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rtkit", "cert", "--dir", ""],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout(20),
+    )
+
+    assert result.returncode == 2
+    assert "argument --dir: invalid value: ''" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_serve_certfile_serves_https(tmp_path: Path) -> None:

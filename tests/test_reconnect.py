@@ -14,7 +14,13 @@ from websockets.exceptions import InvalidStatus
 
 import rtkit
 from rtkit.auth import AuthenticationFailed, TokenAuth
-from rtkit.clients import Backoff, LongPoller, ShortPoller, WebSocketSubscriber
+from rtkit.clients import (
+    Backoff,
+    LongPoller,
+    ShortPoller,
+    WebSocketSubscriber,
+    _session_cookie,
+)
 from rtkit.tls import LocalCA
 
 from .conftest import ThreadedServer, run, timeout, until
@@ -425,6 +431,16 @@ def test_subscriber_wrong_token_stops(via: str) -> None:
             assert subscriber.follower.notices[-1].startswith("stopped: ")
 
     run(scenario(), units=15)
+
+
+def test_session_cookie_from_set_cookie_headers() -> None:
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("Set-Cookie", "theme=dark; Path=/"),
+        ("Set-Cookie", "rtkit_session_9000=abc; HttpOnly; SameSite=Strict; Path=/"),
+    ]
+    assert _session_cookie(headers) == "rtkit_session_9000=abc"
+    assert _session_cookie(headers[:2]) is None
 
 
 def test_subscriber_missing_token_gets_401() -> None:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import socket
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
+from websockets.http11 import Request
 
 import rtkit
-from rtkit.routes import STATIC_DIR, resolve_static, route_name
+from rtkit.routes import (
+    STATIC_DIR,
+    is_upgrade,
+    repeated_header,
+    resolve_static,
+    route_name,
+)
 
 from .conftest import ThreadedServer, run, timeout
 
@@ -231,7 +240,7 @@ def test_get_ws_full_server_returns_503() -> None:
     assert status == 503
     assert headers["Retry-After"] == "5"
     assert body == (
-        b"server full: 1 connections open (max_connections); try again later\n"
+        b"server full: 1 of 1 connections open (max_connections); try again later\n"
     )
 
 
@@ -280,3 +289,62 @@ def test_login_without_auth_returns_404(live_server: rtkit.Server) -> None:
 )
 def test_route_name_fixed_set(path: str, name: str) -> None:
     assert route_name(path) == name
+
+
+def test_get_ws_message_auth_returns_426() -> None:
+    auth = rtkit.TokenAuth("s3cret", via="message")
+    with ThreadedServer(auth=auth) as server:
+        status, headers, body = fetch(server, "/ws")
+    assert status == 426
+    assert headers["Upgrade"] == "websocket"
+    assert b'send {"type": "auth", "token": TOKEN} as the first message' in body
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "name"),
+    [
+        (
+            "/poll",
+            ["Authorization: Bearer s3cret", "Authorization: Bearer x"],
+            "Authorization",
+        ),
+        (
+            "/login",
+            ["Authorization: Bearer s3cret", "Authorization: Bearer x"],
+            "Authorization",
+        ),
+        (
+            "/",
+            ["Upgrade: websocket", "Upgrade: websocket", "Connection: Upgrade"],
+            "Upgrade",
+        ),
+        ("/health", ["Upgrade: foo", "Upgrade: bar"], "Upgrade"),
+        (
+            "/ws?token=s3cret",
+            ["Upgrade: websocket", "Upgrade: h2c", "Connection: Upgrade"],
+            "Upgrade",
+        ),
+    ],
+)
+def test_repeated_header_returns_400(
+    target: str, headers: list[str], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit")
+    auth = rtkit.TokenAuth("s3cret", via="cookie")
+    with ThreadedServer(auth=auth) as server:
+        head = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *headers]
+        response = raw_request(server, ("\r\n".join(head) + "\r\n\r\n").encode())
+    status_line, _, body = response.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert f"the request repeats its {name} header".encode() in body
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+def test_is_upgrade_reads_repeated_headers() -> None:
+    both = Request("/ws", Headers([("Upgrade", "h2c"), ("Upgrade", "websocket")]))
+    neither = Request("/", Headers([("Upgrade", "foo"), ("Upgrade", "bar")]))
+    assert is_upgrade(both)
+    assert not is_upgrade(neither)
+    assert repeated_header(both, ["Authorization", "Upgrade"]) == "Upgrade"
+    assert repeated_header(both, ["Authorization"]) is None

@@ -453,7 +453,7 @@ def test_max_connections_full_returns_503(
                     assert response.status_code == 503
                     assert response.headers["Retry-After"] == "5"
                     assert response.body == (
-                        b"server full: 2 connections open (max_connections); "
+                        b"server full: 2 of 2 connections open (max_connections); "
                         b"try again later\n"
                     )
                     assert server.rejected_full == 1
@@ -617,10 +617,13 @@ def test_ssl_origin_check_uses_https_origin(tmp_path: Path) -> None:
 
 
 def test_options_reach_push_handler() -> None:
-    server = rtkit.Server(port=0, max_rate=5, slow_policy="discard", max_buffer=4096)
+    server = rtkit.Server(
+        port=0, max_rate=5, slow_policy="discard", max_buffer=4096, stall_timeout=3
+    )
     assert server.push.max_rate == 5
     assert server.push.slow_policy == "discard"
     assert server.push.max_buffer == 4096
+    assert server.push.stall_timeout == 3
 
 
 INVALID_OPTIONS = [
@@ -630,6 +633,7 @@ INVALID_OPTIONS = [
     ({"max_rate": 0}, "invalid max_rate: 0"),
     ({"max_rate": float("nan")}, "invalid max_rate: nan"),
     ({"slow_policy": "block"}, "invalid slow_policy: 'block'"),
+    ({"stall_timeout": 0}, "invalid stall_timeout: 0"),
     ({"max_buffer": -1}, "invalid max_buffer: -1"),
     ({"max_buffer": 1.5}, "invalid max_buffer: 1.5"),
     ({"ping_interval": 0}, "invalid ping_interval: 0"),
@@ -645,3 +649,326 @@ INVALID_OPTIONS = [
 def test_server_invalid_option_raises(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         rtkit.Server(port=0, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("close_timeout", [0, -1, "5", None, float("nan"), True])
+def test_server_invalid_close_timeout_raises(close_timeout: object) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape(f"invalid close_timeout: {close_timeout!r}")
+    ):
+        rtkit.Server(port=0, close_timeout=close_timeout)  # type: ignore[arg-type]
+
+
+# Host
+
+
+@pytest.mark.parametrize("host", ["", " ", None])
+def test_server_empty_host_raises(host: object) -> None:
+    with pytest.raises(ValueError) as raised:
+        rtkit.Server(host, port=0)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith(f"invalid host: {host!r}")
+    assert "'0.0.0.0' or '::'" in message
+
+
+@pytest.mark.parametrize(
+    ("host", "url_host"),
+    [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]")],
+)
+def test_server_url_reaches_wildcard_host(host: str, url_host: str) -> None:
+    assert rtkit.Server(host, port=8765).url == f"http://{url_host}:8765/"
+
+
+@pytest.fixture
+def loopback_binds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Bind every server to the loopback address of its host's family.
+
+    Start code still sees the host it was given, such as ``0.0.0.0``, but no
+    socket listens beyond this machine. Returns the (host, port) pairs bound.
+    """
+    real_serve = rtkit.server.serve
+    bound: list[tuple[str, int]] = []
+
+    async def serve(handler: object, host: str, port: int, **options: object) -> object:
+        loopback = "::1" if ":" in host else "127.0.0.1"
+        websocket_server = await real_serve(handler, loopback, port, **options)  # type: ignore[arg-type]
+        bound.extend(
+            (loopback, sock.getsockname()[1]) for sock in websocket_server.sockets
+        )
+        return websocket_server
+
+    monkeypatch.setattr(rtkit.server, "serve", serve)
+    return bound
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_start_wildcard_host_warns_network(
+    host: str,
+    loopback_binds: list[tuple[str, int]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("IPv6 is not available")
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> None:
+        try:
+            server = await rtkit.start(host, 0)
+        except OSError as exc:
+            pytest.skip(f"cannot bind the loopback address for {host}: {exc}")
+        try:
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+        finally:
+            await server.stop()
+
+    run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"listens on {host}, so other machines on the network" in w for w in warnings
+    ), warnings
+
+
+def test_start_loopback_host_no_network_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> None:
+        async with rtkit.Server("127.0.0.1", 0):
+            pass
+
+    run(scenario())
+    assert "other machines on the network" not in caplog.text
+
+
+# Concurrent lifecycle calls
+
+
+def listening(bound: list[tuple[str, int]]) -> list[int]:
+    """Return the ports of ``bound`` that still have a listener, once each."""
+    return sorted({port for host, port in bound if not can_bind(port, host)})
+
+
+def test_start_concurrent_twice_binds_once(
+    loopback_binds: list[tuple[str, int]],
+) -> None:
+    async def scenario() -> None:
+        server = rtkit.Server(port=0)
+        await asyncio.gather(server.start(), server.start())
+        try:
+            assert len(loopback_binds) == 1
+            assert rtkit.running_servers() == [server]
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+        finally:
+            await server.stop()
+
+    run(scenario())
+    assert listening(loopback_binds) == []
+
+
+def test_start_stop_start_concurrent_leaves_one(
+    loopback_binds: list[tuple[str, int]],
+) -> None:
+    async def scenario() -> None:
+        server = rtkit.Server(port=0)
+        await asyncio.gather(server.start(), server.stop(), server.start())
+        try:
+            assert server.is_serving
+            assert listening(loopback_binds) == [server.port]
+        finally:
+            await server.stop()
+
+    run(scenario())
+    assert listening(loopback_binds) == []
+
+
+def test_restart_concurrent_twice_keeps_port(
+    loopback_binds: list[tuple[str, int]],
+) -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        port = server.port
+        try:
+            await asyncio.gather(server.restart(), server.restart())
+            assert server.is_serving
+            assert server.port == port
+            assert listening(loopback_binds) == [port]
+            assert await greeting(server.ws_url) == rtkit.WELCOME
+        finally:
+            await server.stop()
+
+    run(scenario())
+    assert listening(loopback_binds) == []
+
+
+def test_kill_and_start_concurrent_consistent(
+    loopback_binds: list[tuple[str, int]],
+) -> None:
+    async def scenario() -> None:
+        server = await rtkit.start(port=0)
+        try:
+            await asyncio.gather(server.kill(), server.start(keep_history=True))
+            assert server.is_serving
+            assert listening(loopback_binds) == [server.port]
+        finally:
+            await server.stop()
+
+    run(scenario())
+    assert listening(loopback_binds) == []
+
+
+def test_module_start_same_port_concurrent() -> None:
+    port = free_port()
+
+    async def scenario() -> None:
+        first, second = await asyncio.gather(
+            rtkit.start(port=port), rtkit.start(port=port)
+        )
+        try:
+            assert [first.is_serving, second.is_serving].count(True) == 1
+            running = rtkit.running_servers()
+            assert len(running) == 1
+            assert running[0].port == port
+            assert await greeting(running[0].ws_url) == rtkit.WELCOME
+        finally:
+            await rtkit.stop()
+
+    run(scenario())
+    assert can_bind(port)
+
+
+def test_lifecycle_lock_works_in_second_event_loop() -> None:
+    server = rtkit.Server(port=0)
+
+    async def start_twice_and_stop() -> None:
+        await asyncio.gather(server.start(), server.start())
+        await server.stop()
+
+    run(start_twice_and_stop())
+    run(start_twice_and_stop())
+    assert not server.is_serving
+    assert can_bind(server.port)
+
+
+# Logs
+
+
+SECRET = "s3cret-TOKEN"
+
+
+async def send_raw(port: int, request: str) -> bytes:
+    """Send ``request`` as written to 127.0.0.1:port and return the response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request.encode())
+        return await asyncio.wait_for(reader.read(), timeout(2))
+    finally:
+        writer.close()
+
+
+def test_log_leaves_out_query_string(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rtkit")
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+
+    async def scenario() -> list[bytes]:
+        auth = rtkit.TokenAuth(SECRET)
+        async with rtkit.Server(port=0, auth=auth) as server:
+            host = f"Host: 127.0.0.1:{server.port}\r\n"
+
+            def fail() -> dict[str, object]:
+                raise RuntimeError("health failed")
+
+            monkeypatch.setattr(server, "health", fail)
+            requests = [
+                f"GET /poll?token={SECRET} HTTP/1.1\r\nHost: rebind.example\r\n\r\n",
+                f"GET /health?token={SECRET} HTTP/1.1\r\n{host}\r\n",
+                f"GET /chat?token={SECRET} HTTP/1.1\r\n{host}{upgrade}\r\n",
+                f"GET /ws?token={SECRET} HTTP/1.1\r\n{host}{upgrade}"
+                "Origin: http://evil.example\r\n\r\n",
+                f"GET /ws?token={SECRET} HTTP/1.1\r\n{host}{host}{upgrade}\r\n",
+            ]
+            return [await send_raw(server.port, request) for request in requests]
+
+    responses = run(scenario())
+    statuses = [response.split(b" ", 2)[1] for response in responses]
+    assert statuses == [b"403", b"500", b"404", b"403", b"403"]
+    records = [r for r in caplog.records if r.name != "rtkit.access"]
+    assert any("rejected request '/poll' from" in r.getMessage() for r in records)
+    assert any("request '/health' from" in r.getMessage() for r in records)
+    leaks = [r.getMessage() for r in records if SECRET in r.getMessage()]
+    assert leaks == []
+    assert SECRET not in rtkit.recent_logs(50)
+
+
+# Auth rejection logs
+
+
+def test_repeat_filter_holds_back_repeats() -> None:
+    now = [0.0]
+    repeats = rtkit.server._RepeatFilter(interval=1, clock=lambda: now[0])
+    assert repeats.admit("wrong token") == 0
+    assert repeats.admit("wrong token") is None
+    assert repeats.admit("missing token") == 0
+    now[0] = 0.5
+    assert repeats.admit("wrong token") is None
+    now[0] = 1.0
+    assert repeats.admit("wrong token") == 2
+    assert repeats.admit("wrong token") is None
+
+
+def test_repeat_filter_memory_bounded() -> None:
+    repeats = rtkit.server._RepeatFilter(max_messages=3, clock=lambda: 0.0)
+    for index in range(10):
+        assert repeats.admit(f"reason {index}") == 0
+    assert len(repeats._logged_at) == 3
+    assert repeats.admit("reason 9") is None
+
+
+def test_auth_rejections_logged_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> rtkit.Server:
+        async with rtkit.Server(port=0, auth=rtkit.TokenAuth(SECRET)) as server:
+            for _ in range(5):
+                with pytest.raises(InvalidStatus):
+                    await connect(
+                        server.ws_url + "?token=wrong", open_timeout=timeout(2)
+                    )
+            with pytest.raises(InvalidStatus):
+                await connect(server.ws_url, open_timeout=timeout(2))
+        return server
+
+    server = run(scenario())
+    assert server.rejected_auth == 6
+    wrong = [r for r in caplog.records if "wrong token" in r.getMessage()]
+    missing = [r for r in caplog.records if "missing token" in r.getMessage()]
+    assert len(wrong) == 1
+    assert len(missing) == 1
+
+
+def test_message_auth_failures_logged_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rtkit.server")
+
+    async def scenario() -> rtkit.Server:
+        auth = rtkit.TokenAuth(SECRET, via="message")
+        async with rtkit.Server(port=0, auth=auth) as server:
+            for _ in range(4):
+                async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                    await client.send(json.dumps({"type": "auth", "token": "wrong"}))
+                    await asyncio.wait_for(client.wait_closed(), timeout(2))
+                    assert client.close_code == 1008
+        return server
+
+    server = run(scenario())
+    assert server.rejected_auth == 4
+    failed = [r for r in caplog.records if "failed to authenticate" in r.getMessage()]
+    assert len(failed) == 1
