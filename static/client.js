@@ -11,11 +11,23 @@
 
 const MAX_LOG_LINES = 500;
 const MAX_EVENT_ROWS = 200;
+/** Characters of a sent or received message that its log line shows. */
+const MAX_LOGGED_MESSAGE_CHARS = 200;
+/** Characters of any other log line, which may quote what the server sent. */
+const MAX_LOGGED_NOTE_CHARS = 2000;
+/**
+ * The epochs the page accepts. rtkit's hub picks 8 hex digits. The page puts
+ * the epoch into every later poll URL and subscription, so a hostile server
+ * must not be able to make those requests arbitrarily long.
+ */
+const EPOCH_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const GREETING = "Hello Server!";
 const FILE_PAGE_URL = "ws://localhost:8765/ws";
 const FILE_PAGE_POLL_URL = "http://localhost:8765/poll";
 const SERVER_PAGE_URL = "http://127.0.0.1:8765/";
 
+/** The longest Retry-After of a full server that the page waits for, in seconds. */
+const MAX_RETRY_AFTER_S = 600;
 /** Pause before the next poll after a failed one. */
 const RETRY_DELAY_MS = 1000;
 /** Bound on the page's GET /login and GET /ws requests. */
@@ -65,12 +77,13 @@ const MODES = {
 };
 
 /**
- * The reconnect and heartbeat settings in seconds, with the range a query
- * parameter of the same name may set. A page opened with
+ * The reconnect, heartbeat and open timeout settings in seconds, with the
+ * range a query parameter of the same name may set. A page opened with
  * ?backoff_base=0.1&heartbeat_interval=1 reconnects and pings faster, as the
  * tests do. A heartbeat_interval of 0 turns the heartbeat off.
  */
 const SETTING_RANGES = {
+  open_timeout: { fallback: 10, min: 0.1, max: 600 },
   backoff_base: { fallback: 1, min: 0.01, max: 60 },
   backoff_cap: { fallback: 30, min: 0.01, max: 3600 },
   stable_after: { fallback: 10, min: 0, max: 3600 },
@@ -147,7 +160,7 @@ const messageHandlers = {
 /** Returns the text shown for a server's {"type": "error", "code", "message"}. */
 function describeServerError(message) {
   if (typeof message.message !== "string") {
-    return `server error: ${JSON.stringify(message)}`;
+    return `server error: ${quoteMessage(message)}`;
   }
   const code = typeof message.code === "string" ? ` (${message.code})` : "";
   return `server error${code}: ${message.message}`;
@@ -254,10 +267,7 @@ function explainFailedOpen(url, location, code, reason, check = null, credential
     ];
   }
   if (check?.status === 401) {
-    const fix =
-      credentials.via === null
-        ? "Enter the server's token in the Token field, then press Connect."
-        : "Check the token, and how the page sends it (the choice next to the Token field), then press Connect.";
+    const fix = adviseOnToken(expectedTokenMethod(check.error), credentials);
     return [`${closed} ${plainGet} ${describeUpgradeCheck(check)}`, fix];
   }
   const checked = check === null ? "" : ` ${describeUpgradeCheck(check)}`;
@@ -365,7 +375,10 @@ const KIND_LABELS = { sent: "sent", received: "recv", system: "info", error: "er
  * Appends a line of `kind` (sent, received, system or error) to the log.
  *
  * Text goes in through textContent only, because it comes from the server and
- * the user. The oldest lines are dropped beyond MAX_LOG_LINES.
+ * the user. Messages longer than MAX_LOGGED_MESSAGE_CHARS and other lines
+ * longer than MAX_LOGGED_NOTE_CHARS are cut short, so a long message neither
+ * fills the log nor puts megabytes into the page. The oldest lines are
+ * dropped beyond MAX_LOG_LINES.
  */
 function log(kind, text) {
   const now = new Date();
@@ -384,10 +397,38 @@ function log(kind, text) {
 
   const body = document.createElement("span");
   body.className = "line-text";
-  body.textContent = text;
+  const message = kind === "sent" || kind === "received";
+  body.textContent = abbreviate(text, message ? MAX_LOGGED_MESSAGE_CHARS : MAX_LOGGED_NOTE_CHARS);
 
   line.append(time, label, body);
   appendBounded(ui.log, line, MAX_LOG_LINES);
+}
+
+/** Returns a parsed message from the server as JSON, shortened for an error line. */
+function quoteMessage(message) {
+  return abbreviate(JSON.stringify(message), MAX_LOGGED_MESSAGE_CHARS);
+}
+
+/**
+ * Returns `text` when it has at most `max` characters (code points, as
+ * Python's len() counts them), else its first `max` characters followed by
+ * "… (N characters in all)".
+ */
+function abbreviate(text, max) {
+  // A string has at least as many UTF-16 code units as code points.
+  if (text.length <= max) {
+    return text;
+  }
+  const surrogatePairs = text.match(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g)?.length ?? 0;
+  const length = text.length - surrogatePairs;
+  if (length <= max) {
+    return text;
+  }
+  let end = 0;
+  for (let count = 0; count < max; count += 1) {
+    end += text.codePointAt(end) > 0xffff ? 2 : 1;
+  }
+  return `${text.slice(0, end)}… (${numberFormat.format(length)} characters in all)`;
 }
 
 /** Appends `child` to a scrolling list and drops its oldest children beyond `max`. */
@@ -446,7 +487,7 @@ function setStatus(status) {
   render();
 }
 
-/** Explains the reconnect and heartbeat settings in effect. */
+/** Explains the reconnect, heartbeat and open timeout settings in effect. */
 function renderReliabilityNote() {
   const { backoff_base: base, backoff_cap: cap, stable_after: stableAfter } = settings;
   let text =
@@ -463,8 +504,10 @@ function renderReliabilityNote() {
       "reconnects. ";
   }
   text +=
-    "The query parameters backoff_base, backoff_cap, stable_after, " +
-    "heartbeat_interval (0 turns it off) and heartbeat_timeout change these seconds.";
+    `A connection attempt that does not open within ${settings.open_timeout} s is ` +
+    "given up and retried the same way. The query parameters backoff_base, " +
+    "backoff_cap, stable_after, heartbeat_interval (0 turns it off), " +
+    "heartbeat_timeout and open_timeout change these seconds.";
   ui.reliabilityNote.textContent = text;
 }
 
@@ -663,7 +706,7 @@ function newWebSocketSession(url, mode) {
     closedSocket: false,
     /** Reconnect attempts since the last connection that stayed up for stable_after seconds. */
     backoffAttempts: 0,
-    /** The pending reconnect (attempt, delayMs, ceilingMs, dueAt, timer), or null. */
+    /** The pending reconnect (attempt, delayMs, ceilingMs, minimumMs, dueAt, timer), or null. */
     retry: null,
     /** The heartbeat of the current connection, or null. */
     heartbeat: null,
@@ -719,12 +762,21 @@ function openSocket(session, attempt) {
   const isCurrent = () => session.attempt === attempt && !session.closedSocket;
   try {
     session.transport = openWebSocket(attempt.url, {
-      onOpen: () => isCurrent() && handleOpen(session),
+      onOpen: () => {
+        clearTimeout(attempt.openTimer);
+        return isCurrent() && handleOpen(session);
+      },
       onMessage: (data) => isCurrent() && handleMessage(session, data),
-      onClose: (code, reason, wasClean) =>
-        isCurrent() && handleClose(session, code, reason, wasClean),
+      onClose: (code, reason, wasClean) => {
+        clearTimeout(attempt.openTimer);
+        return isCurrent() && handleClose(session, code, reason, wasClean);
+      },
       onError: () => isCurrent() && handleError(session),
     });
+    attempt.openTimer = setTimeout(
+      () => isCurrent() && handleOpenTimeout(session),
+      settings.open_timeout * 1000,
+    );
   } catch (error) {
     // The WebSocket constructor throws a SyntaxError for URLs it cannot use,
     // such as an ftp: URL or one with a fragment.
@@ -757,6 +809,11 @@ async function logInThenOpen(session, attempt) {
       const text = await response.text();
       if (!response.ok) {
         failure = `logging in at ${loginUrl} failed: ${describeHttpError(response, text)}`;
+      }
+      // /login checks the token whatever way the server expects it, so a 401
+      // means a wrong token.
+      if (response.status === 401) {
+        failure += `. ${adviseOnToken(attempt.credentials.via, attempt.credentials)}`;
       }
     } catch (error) {
       failure = `logging in at ${loginUrl} failed: ${describeFetchError(error)}`;
@@ -944,6 +1001,37 @@ function handleError(session) {
   }
 }
 
+/**
+ * Gives up a connection attempt that did not open within open_timeout
+ * seconds. Push and chat sessions retry it with backoff.
+ *
+ * A blocked server never sends the handshake response that would let the
+ * attempt fail on its own, so without this the page would wait for good.
+ */
+function handleOpenTimeout(session) {
+  if (session.opened || session.closeRequested) {
+    return;
+  }
+  const text =
+    `The WebSocket handshake did not complete within ${settings.open_timeout} s: the ` +
+    "server probably accepted the connection but never answered the upgrade " +
+    "request, so its event loop may be blocked, for example by a long computation " +
+    "or time.sleep() in a notebook cell, or its process may be stopped";
+  session.transport.close(1000, "open timeout");
+  session.attempt = null;
+  detachConnection(session);
+  if (session.reconnects) {
+    const retry = scheduleReconnect(session);
+    reportFailure(session, text, describeRetry(retry));
+  } else {
+    counters.errors += 1;
+    renderCounters();
+    endSession(session);
+    log("error", `${text}. Press Connect to try again.`);
+  }
+  showProblem(`${text}.`);
+}
+
 function handleClose(session, code, reason, wasClean) {
   const opened = session.opened;
   const attempt = session.attempt;
@@ -962,7 +1050,7 @@ function handleClose(session, code, reason, wasClean) {
     // A retry would send the same token again, so wait for the user to fix it.
     endSession(session);
     log("error", `closed: ${describeClose(code, reason)}. Not reconnecting: correct the token, then connect again.`);
-    explainClose(code, reason);
+    explainClose(code, reason, attempt.credentials);
     return;
   }
   if (session.reconnects && session.everOpened) {
@@ -975,6 +1063,10 @@ function handleClose(session, code, reason, wasClean) {
       reportFailure(session, `reconnecting to ${session.url} failed: ${describeClose(code, reason)}`, describeRetry(retry));
       diagnoseFailedReconnect(session, attempt);
     }
+    return;
+  }
+  if (session.reconnects && !opened) {
+    retryOrExplainFailedOpen(session, attempt, code, reason);
     return;
   }
   endSession(session);
@@ -1005,9 +1097,10 @@ function detachConnection(session) {
 /**
  * Logs and shows why the server closed an open connection, for the close
  * codes whose cause the page can name: 1008 from rtkit's rate limit or token
- * check, 1009 and 1011.
+ * check, 1009 and 1011. `credentials` are the token settings of the
+ * connection, which a token check's 1008 is about.
  */
-function explainClose(code, reason) {
+function explainClose(code, reason, credentials = { via: null }) {
   let text = null;
   if (code === 1008 && reason.startsWith("rate limit")) {
     text =
@@ -1015,9 +1108,8 @@ function explainClose(code, reason) {
       "second than the server's max_rate allows. Every message counts, heartbeat " +
       "pings included. Send less often.";
   } else if (isAuthenticationFailure(code, reason)) {
-    text =
-      "The server rejected the token. Check the Token field and how the page " +
-      "sends it, then connect again.";
+    // Only servers that expect the token in the first message close with it.
+    text = adviseOnToken("message", credentials);
   } else if (code === 1008) {
     text = "The server closed the connection for breaking one of its rules, which the reason names.";
   } else if (code === 1009) {
@@ -1056,21 +1148,64 @@ function scheduleReconnectAfterLoss(session) {
  * Schedules the next connection attempt of `session` after a random delay:
  * exponential backoff with full jitter. Attempt n (from 1) waits between 0 and
  * min(backoff_cap, backoff_base × 2^(n−1)) seconds, so pages that lost the
- * same server do not all come back at the same moment.
+ * same server do not all come back at the same moment. With `minimumMs`, such
+ * as a server's Retry-After, the random delay comes on top of it.
  */
-function scheduleReconnect(session) {
+function scheduleReconnect(session, minimumMs = 0) {
   session.backoffAttempts += 1;
-  const attempt = session.backoffAttempts;
+  return startRetryTimer(session, session.backoffAttempts, minimumMs);
+}
+
+function startRetryTimer(session, attempt, minimumMs) {
   const ceilingMs = Math.min(settings.backoff_cap, settings.backoff_base * 2 ** (attempt - 1)) * 1000;
-  const delayMs = Math.random() * ceilingMs;
+  const delayMs = minimumMs + Math.random() * ceilingMs;
   const timer = setTimeout(() => reconnectNow(session), delayMs);
-  session.retry = { attempt, delayMs, ceilingMs, dueAt: performance.now() + delayMs, timer };
+  session.retry = { attempt, delayMs, ceilingMs, minimumMs, dueAt: performance.now() + delayMs, timer };
   setStatus("retrying");
   return session.retry;
 }
 
 function describeRetry(retry) {
-  return `Reconnecting in ${formatSeconds(retry.delayMs)} s (attempt ${retry.attempt})`;
+  const text = `Reconnecting in ${formatSeconds(retry.delayMs)} s (attempt ${retry.attempt})`;
+  if (retry.minimumMs === 0) {
+    return text;
+  }
+  return (
+    `${text}: the server's Retry-After of ${retry.minimumMs / 1000} s plus a random ` +
+    `${formatSeconds(retry.delayMs - retry.minimumMs)} s, so that clients turned away ` +
+    "together do not all come back at the same moment"
+  );
+}
+
+/**
+ * Handles a failed first connection of a push or chat session. When a plain
+ * GET of its URL shows that the server is full (HTTP 503), the session
+ * retries after the server's Retry-After. Otherwise it ends, and the page
+ * explains the failure.
+ */
+async function retryOrExplainFailedOpen(session, attempt, code, reason) {
+  const check = await checkUpgrade(attempt.url);
+  if (state.session !== session || session.closeRequested || session.attempt !== attempt) {
+    return;
+  }
+  if (check?.status === 503) {
+    const retry = scheduleReconnect(session, retryAfterMs(check));
+    const text = describeUpgradeCheck(check).replace(/\.$/, "");
+    reportFailure(session, text, describeRetry(retry));
+    showProblem(`${text}. ${describeRetry(retry)}.`);
+    return;
+  }
+  endSession(session);
+  reportFailedOpen(attempt, code, reason, check);
+}
+
+/**
+ * Returns the Retry-After of a 503 check in milliseconds: 0 without one, and
+ * at most MAX_RETRY_AFTER_S seconds, so a hostile server cannot stop the
+ * page's retries. The Reconnect now button skips the wait.
+ */
+function retryAfterMs(check) {
+  return Math.min(check.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000;
 }
 
 function formatSeconds(milliseconds) {
@@ -1107,11 +1242,15 @@ function renderReconnect() {
     return;
   }
   const remainingMs = Math.max(0, retry.dueAt - performance.now());
-  ui.reconnectText.textContent = `reconnecting in ${(remainingMs / 1000).toFixed(1)} s (attempt ${retry.attempt})`;
+  const waitFor =
+    retry.minimumMs === 0 ? "" : `, waiting for the server's Retry-After of ${retry.minimumMs / 1000} s`;
+  ui.reconnectText.textContent =
+    `reconnecting in ${(remainingMs / 1000).toFixed(1)} s (attempt ${retry.attempt}${waitFor})`;
   const data = ui.reconnectBar.dataset;
   data.attempt = String(retry.attempt);
   data.delayMs = retry.delayMs.toFixed(1);
   data.ceilingMs = retry.ceilingMs.toFixed(1);
+  data.minimumMs = retry.minimumMs.toFixed(1);
   if (countdownTimer === null) {
     countdownTimer = setInterval(renderReconnect, 100);
   }
@@ -1128,13 +1267,24 @@ async function diagnoseFailedReconnect(session, attempt) {
   if (check === null || check.status === 426) {
     return;
   }
-  const text = describeUpgradeCheck(check);
-  if (state.session !== session || session.opened || text === session.lastDiagnosis) {
+  if (state.session !== session || session.opened) {
     return;
   }
-  session.lastDiagnosis = text;
-  log("error", text);
-  showProblem(text);
+  const text = describeUpgradeCheck(check);
+  let problem = text;
+  // The pending retry waits the plain backoff delay, so it starts again with
+  // the server's Retry-After added, under the same attempt number.
+  const pending = session.retry;
+  if (check.status === 503 && session.attempt === attempt && pending !== null) {
+    clearTimeout(pending.timer);
+    const retry = startRetryTimer(session, pending.attempt, retryAfterMs(check));
+    problem += ` ${describeRetry(retry)}.`;
+  }
+  showProblem(problem);
+  if (text !== session.lastDiagnosis) {
+    session.lastDiagnosis = text;
+    log("error", problem);
+  }
 }
 
 /**
@@ -1143,23 +1293,28 @@ async function diagnoseFailedReconnect(session, attempt) {
  * status of a failed upgrade.
  */
 async function explainFailedOpenAfterCheck(attempt, code, reason) {
-  const check = await checkUpgrade(attempt.url);
+  reportFailedOpen(attempt, code, reason, await checkUpgrade(attempt.url));
+}
+
+/** Logs and shows why a first connection failed, given the result of checkUpgrade(). */
+function reportFailedOpen(attempt, code, reason, check) {
   const lines = explainFailedOpen(attempt.url, window.location, code, reason, check, attempt.credentials);
   for (const line of lines) {
     log("error", hideToken(line, attempt.credentials.token));
   }
   // A session started in the meantime has problems of its own.
   if (state.session === null) {
-    showProblem(hideToken(lines[0], attempt.credentials.token));
+    showProblem(hideToken(lines.join(" "), attempt.credentials.token));
   }
 }
 
 /**
  * Requests the WebSocket URL `url` with a plain GET and returns the result as
- * { url, status, error }, where error describes the response status or the
- * failed request. rtkit responds to such a GET with the status an upgrade
- * would get (503 when full, 401 without a valid token) or with 426 Upgrade
- * Required. Returns null for a URL of another origin, whose response the
+ * { url, status, error, retryAfterS }, where error describes the response
+ * status or the failed request, and retryAfterS is the Retry-After header in
+ * seconds, or null without one. rtkit responds to such a GET with the status
+ * an upgrade would get (503 when full, 401 without a valid token) or with 426
+ * Upgrade Required. Returns null for a URL of another origin, whose response the
  * browser would hide from the page.
  */
 async function checkUpgrade(url) {
@@ -1175,13 +1330,15 @@ async function checkUpgrade(url) {
     });
     const text = await response.text();
     let error = describeHttpError(response, text);
-    const retryAfter = response.headers.get("Retry-After");
+    const retryAfter = response.headers.get("Retry-After")?.trim() ?? null;
+    // Retry-After may also be an HTTP date, which the page treats as absent.
+    const retryAfterS = retryAfter !== null && /^\d+$/.test(retryAfter) ? Number(retryAfter) : null;
     if (retryAfter !== null) {
-      error += ` (Retry-After: ${retryAfter} s)`;
+      error += ` (Retry-After: ${retryAfter}${retryAfterS === null ? "" : " s"})`;
     }
-    return { url: shownUrl, status: response.status, error };
+    return { url: shownUrl, status: response.status, error, retryAfterS };
   } catch (error) {
-    return { url: shownUrl, status: null, error: describeFetchError(error) };
+    return { url: shownUrl, status: null, error: describeFetchError(error), retryAfterS: null };
   }
 }
 
@@ -1378,6 +1535,60 @@ function describeCredentials(credentials) {
     default:
       return "";
   }
+}
+
+/**
+ * Returns how the server on the other end expects the token, from the text of
+ * rtkit's 401 response to a plain GET of the WebSocket URL: "query", "cookie",
+ * or null when the text names neither.
+ */
+function expectedTokenMethod(errorText) {
+  if (/cookie/i.test(errorText)) {
+    return "cookie";
+  }
+  if (errorText.includes("?token=")) {
+    return "query";
+  }
+  return null;
+}
+
+/**
+ * Returns what to do about a token that the server did not accept.
+ *
+ * `expected` is how the server expects the token ("query", "message",
+ * "cookie", or null when unknown), and `credentials` how the page sent it.
+ * Sent the expected way, the token itself was wrong. Otherwise the server
+ * found no token where it looked.
+ */
+function adviseOnToken(expected, credentials) {
+  const method = (via) => ui.tokenVia.querySelector(`option[value="${via}"]`).textContent;
+  if (credentials.via === null && expected === null) {
+    return "The server requires a token: enter it in the Token field, then press Connect.";
+  }
+  if (credentials.via === null) {
+    return (
+      `The server expects a token ${method(expected)}: enter it in the Token field, ` +
+      `choose "${method(expected)}" next to it, then press Connect.`
+    );
+  }
+  if (expected !== null && expected !== credentials.via) {
+    return (
+      `The server expects the token ${method(expected)}, but the page sent it ` +
+      `${method(credentials.via)}: choose "${method(expected)}" next to the Token ` +
+      "field, then press Connect."
+    );
+  }
+  if (expected === null) {
+    return (
+      `The server rejected the token that the page sent ${method(credentials.via)}: ` +
+      "check the token and how the page sends it (the choice next to the Token " +
+      "field), then press Connect."
+    );
+  }
+  return (
+    `The server rejected the token that the page sent ${method(credentials.via)}: ` +
+    "check the Token field, then press Connect."
+  );
 }
 
 function withQueryToken(url, token) {
@@ -1697,14 +1908,11 @@ function setChatPhase(phase) {
 
 /** Records the server's confirmation of a join: its epoch and any missed messages. */
 function acceptJoin(message) {
-  const valid =
-    typeof message.epoch === "string" &&
-    Number.isInteger(message.seq) &&
-    Number.isInteger(message.missed);
-  if (!valid) {
+  const problem = findSubscribedProblem(message, chat.epoch, chat.seq);
+  if (problem !== null) {
     // The server did subscribe the page, so it is a member, but the position
     // stays as it was.
-    log("error", `invalid subscribed message: ${JSON.stringify(message)}`);
+    log("error", `invalid subscribed message ${quoteMessage(message)}: ${problem}`);
     setChatPhase("joined");
     return;
   }
@@ -1732,7 +1940,7 @@ function acceptJoin(message) {
 /** Shows one event of the channel, unless the list already has its seq. */
 function acceptChatEvent(event) {
   if (!isValidEvent(event)) {
-    log("error", `invalid event: ${JSON.stringify(event)}`);
+    log("error", `invalid event: ${quoteMessage(event)}`);
     return;
   }
   if (event.seq <= chat.seq) {
@@ -1761,7 +1969,8 @@ function appendChatMessage(event) {
   item.className = `chat-message chat-${origin}`;
   item.dataset.seq = String(event.seq);
   item.dataset.origin = origin;
-  if (event.ts * 1000 < chat.firstJoinMs) {
+  const sentAtMs = timestampMs(event.ts);
+  if (sentAtMs !== null && sentAtMs < chat.firstJoinMs) {
     item.classList.add("chat-earlier");
     item.title = "Sent before this page joined, then replayed from the server's history";
   }
@@ -1779,11 +1988,18 @@ function appendChatMessage(event) {
     tag.textContent = tags[origin];
     meta.append(tag);
   }
-  const sentAt = new Date(event.ts * 1000);
   const time = document.createElement("time");
   time.className = "chat-time";
-  time.dateTime = sentAt.toISOString();
-  time.textContent = formatTime(sentAt).slice(0, "hh:mm:ss".length);
+  if (sentAtMs === null) {
+    log("error", describeInvalidTime(event));
+    time.dataset.invalid = "true";
+    time.title = `The server sent ts ${describeValue(event.ts)}, which is not a time.`;
+    time.textContent = "invalid time";
+  } else {
+    const sentAt = new Date(sentAtMs);
+    time.dateTime = sentAt.toISOString();
+    time.textContent = formatTime(sentAt).slice(0, "hh:mm:ss".length);
+  }
   meta.append(time);
 
   const text = document.createElement("p");
@@ -2084,15 +2300,14 @@ function parsePollBody(text) {
   try {
     body = JSON.parse(text);
   } catch {
-    throw new PollError(`invalid poll response, not JSON: ${text.slice(0, 200)}`);
+    throw new PollError(`invalid poll response, not JSON: ${abbreviate(text, MAX_LOGGED_MESSAGE_CHARS)}`);
   }
-  const valid =
-    isObject(body) &&
-    typeof body.epoch === "string" &&
-    Number.isInteger(body.missed) &&
-    Array.isArray(body.events);
-  if (!valid) {
-    throw new PollError(`invalid poll response: ${text.slice(0, 200)}`);
+  if (!isObject(body) || !Array.isArray(body.events)) {
+    throw new PollError(`invalid poll response: ${abbreviate(text, MAX_LOGGED_MESSAGE_CHARS)}`);
+  }
+  const problem = findSubscribedProblem(body, position.epoch, position.seq);
+  if (problem !== null) {
+    throw new PollError(`invalid poll response ${abbreviate(text, MAX_LOGGED_MESSAGE_CHARS)}: ${problem}`);
   }
   return body;
 }
@@ -2153,13 +2368,14 @@ function schedulePoll(session, delayMs) {
 
 /** Records a WebSocket "subscribed" message: the epoch and any missed events. */
 function acceptSubscribed(message) {
-  if (typeof message.epoch !== "string" || !Number.isInteger(message.missed)) {
-    log("error", `invalid subscribed message: ${JSON.stringify(message)}`);
+  const problem = findSubscribedProblem(message, position.epoch, position.seq);
+  if (problem !== null) {
+    log("error", `invalid subscribed message ${quoteMessage(message)}: ${problem}`);
     return;
   }
   acceptEpoch(message.epoch);
   acceptMissed(message.missed);
-  if (Number.isInteger(message.seq) && message.seq > position.seq) {
+  if (message.seq > position.seq) {
     log(
       "system",
       `subscribed: the server replays seq ${position.seq + 1} to ${message.seq} ` +
@@ -2190,6 +2406,14 @@ function acceptEpoch(epoch) {
     log("system", `following epoch ${epoch} from seq ${position.seq}`);
   } else {
     log("system", `server restarted: new epoch ${epoch} (was ${position.epoch}), continuing from seq 0`);
+    markStreamBreak(
+      "restart",
+      `The server restarted: new epoch ${epoch} (was ${position.epoch}). The events ` +
+        "below are from its new run, which counts seq from 1 again.",
+      `The server restarted: its epoch changed from ${position.epoch} to ${epoch}. ` +
+        "Its seq numbers start again at 1, and events of the old run that this page " +
+        "had not received are lost.",
+    );
     position.seq = 0;
   }
   position.epoch = epoch;
@@ -2202,8 +2426,16 @@ function acceptMissed(missed) {
   if (missed > 0) {
     counters.missed += missed;
     log("error", `missed ${missed} events after seq ${position.seq}: they fell out of the server's history`);
+    const text =
+      `${countEvents(missed)} missed: seq ${position.seq + 1} to ${position.seq + missed} ` +
+      "fell out of the server's history before this page received them.";
+    markStreamBreak("missed", text, text, missed);
     position.seq += missed;
   }
+}
+
+function countEvents(count) {
+  return count === 1 ? "1 event" : `${numberFormat.format(count)} events`;
 }
 
 /**
@@ -2213,7 +2445,7 @@ function acceptMissed(missed) {
 function acceptEvents(events, receivedAt) {
   for (const event of events) {
     if (!isValidEvent(event)) {
-      log("error", `invalid event: ${JSON.stringify(event)}`);
+      log("error", `invalid event: ${quoteMessage(event)}`);
       continue;
     }
     acceptEpoch(event.epoch);
@@ -2225,13 +2457,21 @@ function acceptEvents(events, receivedAt) {
     if (gap > 0) {
       counters.missed += gap;
       log("error", `missed ${gap} events: seq jumped from ${position.seq} to ${event.seq}`);
+      const text = `${countEvents(gap)} missed: seq jumped from ${position.seq} to ${event.seq}.`;
+      markStreamBreak("missed", text, text, gap);
     }
     position.seq = event.seq;
     counters.events += 1;
-    const latencyMs = receivedAt - event.ts * 1000;
+    const publishedMs = timestampMs(event.ts);
+    if (publishedMs === null) {
+      log("error", describeInvalidTime(event));
+      appendEventRow(event, receivedAt, null, false);
+      continue;
+    }
+    const latencyMs = receivedAt - publishedMs;
     // An event published before this run started waited in the server's
     // history, so its latency is its age, not the transport's delay.
-    const replayed = event.ts * 1000 < counters.startWallClockMs;
+    const replayed = publishedMs < counters.startWallClockMs;
     if (!replayed) {
       counters.latencies.push(latencyMs);
       if (counters.latencies.length > MAX_EVENT_ROWS) {
@@ -2244,14 +2484,104 @@ function acceptEvents(events, receivedAt) {
   renderCounters();
 }
 
+// The event's ts is checked where it is used, by timestampMs(), so that an
+// event with an invalid time is still shown and still moves the position.
 function isValidEvent(event) {
   return (
     isObject(event) &&
-    Number.isInteger(event.seq) &&
+    Number.isSafeInteger(event.seq) &&
     event.seq > 0 &&
-    Number.isFinite(event.ts) &&
-    typeof event.epoch === "string"
+    typeof event.epoch === "string" &&
+    EPOCH_PATTERN.test(event.epoch)
   );
+}
+
+/**
+ * Returns why the "epoch", "seq" and "missed" fields of `message`, a
+ * "subscribed" message or a /poll response body, are invalid, or null when
+ * they are valid.
+ *
+ * The page requested the events after `seq` of `epoch` (null before it knew
+ * one). The server counts as missed only events after that seq that left its
+ * history, so the sum cannot exceed the latest seq that the message reports.
+ * Counts must be safe integers: beyond 2^53 − 1, seq + 1 === seq.
+ */
+function findSubscribedProblem(message, epoch, seq) {
+  if (typeof message.epoch !== "string") {
+    return `epoch is ${describeValue(message.epoch)}, expected a string`;
+  }
+  if (!EPOCH_PATTERN.test(message.epoch)) {
+    return describeInvalidEpoch(message.epoch);
+  }
+  for (const name of ["seq", "missed"]) {
+    if (!isCount(message[name])) {
+      return (
+        `${name} is ${describeValue(message[name])}, expected an integer ` +
+        `from 0 to ${Number.MAX_SAFE_INTEGER}`
+      );
+    }
+  }
+  // A server in another epoch replays from its first event.
+  const since = epoch === null || epoch === message.epoch ? seq : 0;
+  if (message.missed > 0 && since + message.missed > message.seq) {
+    return (
+      `missed is ${message.missed} after seq ${since}, but the latest seq is ` +
+      `${message.seq}, so at most ${Math.max(0, message.seq - since)} events can be missed`
+    );
+  }
+  return null;
+}
+
+function describeInvalidEpoch(epoch) {
+  const expected = "expected 1 to 64 letters, digits, _ and -";
+  if (epoch.length > 64) {
+    return `epoch is a string of ${numberFormat.format(epoch.length)} characters, ${expected}`;
+  }
+  return `epoch is ${JSON.stringify(epoch)}, ${expected}`;
+}
+
+/** Returns whether `value` is an integer from 0 to Number.MAX_SAFE_INTEGER. */
+function isCount(value) {
+  return Number.isSafeInteger(value) && value >= 0;
+}
+
+/**
+ * The largest distance from the Unix epoch, in seconds, of a time that a Date
+ * holds. Dates end 8.64e15 ms on either side of the epoch, so
+ * new Date(8.64e15 + 1) is an Invalid Date, whose toISOString() throws.
+ */
+const MAX_TIMESTAMP_S = 8.64e12;
+
+/**
+ * Returns the event time `ts`, in seconds since the Unix epoch, in
+ * milliseconds, or null when it is not a number that a Date can hold.
+ */
+function timestampMs(ts) {
+  if (typeof ts !== "number" || !Number.isFinite(ts) || Math.abs(ts) > MAX_TIMESTAMP_S) {
+    return null;
+  }
+  return ts * 1000;
+}
+
+function describeInvalidTime(event) {
+  return (
+    `invalid ts ${describeValue(event.ts)} in event seq ${event.seq}: expected ` +
+    `seconds since the Unix epoch, from -${MAX_TIMESTAMP_S} to ${MAX_TIMESTAMP_S}`
+  );
+}
+
+/**
+ * Returns a value from the server as an error message shows it: numbers as
+ * JavaScript prints them, so that Infinity stays visible, and others as JSON.
+ */
+function describeValue(value) {
+  if (value === undefined) {
+    return "missing";
+  }
+  if (typeof value === "number") {
+    return String(value);
+  }
+  return JSON.stringify(value);
 }
 
 /**
@@ -2375,6 +2705,8 @@ function newCounters() {
 function resetCounters() {
   counters = newCounters();
   ui.events.replaceChildren();
+  ui.streamNotice.hidden = true;
+  ui.streamNotice.textContent = "";
   renderCounters();
   renderBytesNote();
 }
@@ -2468,7 +2800,36 @@ function renderPosition() {
   ui.lastSeq.textContent = String(position.seq);
 }
 
-/** Appends a row for an event. The table keeps the last MAX_EVENT_ROWS rows. */
+/**
+ * Marks a break in the event stream, a restart or missed events, with a row
+ * in the events table where seq jumps and with the notice above the table.
+ * `missed` is the number of missed events, 0 for a restart.
+ */
+function markStreamBreak(kind, rowText, noticeText, missed = 0) {
+  const row = document.createElement("tr");
+  row.className = `stream-marker stream-marker-${kind}`;
+  row.dataset.marker = kind;
+  row.dataset.missed = String(missed);
+  const cell = document.createElement("td");
+  cell.colSpan = 4;
+  cell.textContent = rowText;
+  row.append(cell);
+  appendBounded(ui.events, row, MAX_EVENT_ROWS);
+
+  const now = new Date();
+  const time = document.createElement("time");
+  time.className = "stream-notice-time";
+  time.dateTime = now.toISOString();
+  time.textContent = formatTime(now).slice(0, "hh:mm:ss".length);
+  ui.streamNotice.replaceChildren(time, ` ${noticeText}`);
+  ui.streamNotice.dataset.kind = kind;
+  ui.streamNotice.hidden = false;
+}
+
+/**
+ * Appends a row for an event. The table keeps the last MAX_EVENT_ROWS rows.
+ * `latencyMs` is null for an event whose ts is not a valid time.
+ */
 function appendEventRow(event, receivedAt, latencyMs, replayed) {
   const row = document.createElement("tr");
   row.dataset.seq = String(event.seq);
@@ -2479,7 +2840,7 @@ function appendEventRow(event, receivedAt, latencyMs, replayed) {
   const cells = [
     [String(event.seq), "numeric"],
     [formatTime(new Date(receivedAt)), "time"],
-    [latencyMs.toFixed(1), "numeric latency"],
+    [latencyMs === null ? "invalid time" : latencyMs.toFixed(1), "numeric latency"],
     [JSON.stringify(event.data) ?? "undefined", "data"],
   ];
   for (const [text, className] of cells) {
@@ -2487,6 +2848,11 @@ function appendEventRow(event, receivedAt, latencyMs, replayed) {
     cell.className = className;
     cell.textContent = text;
     row.append(cell);
+  }
+  if (latencyMs === null) {
+    const latency = row.querySelector(".latency");
+    latency.dataset.invalid = "true";
+    latency.title = `The server sent ts ${describeValue(event.ts)}, which is not a time.`;
   }
   appendBounded(ui.events, row, MAX_EVENT_ROWS);
 }
@@ -2569,6 +2935,7 @@ function init() {
     intervalError: byId("interval-error"),
     intervalHint: byId("interval-hint"),
     eventsPanel: byId("events-panel"),
+    streamNotice: byId("stream-notice"),
     sendForm: byId("send-form"),
     lastSeq: byId("last-seq"),
     requestsLabel: byId("requests-label"),

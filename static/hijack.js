@@ -122,20 +122,39 @@ function attack(targetText) {
     );
   }
 
-  const current = new WebSocket(url);
-  socket = current;
+  const thisAttempt = attempt;
+  let current = null;
   let opened = false;
+  // The timer starts before the constructor, so that an exception thrown
+  // after this point cannot leave the verdict on "connecting" for good.
   const openTimer = setTimeout(() => {
-    if (!opened && socket === current) {
-      current.close();
-      socket = null;
-      setVerdict("no-answer", "no answer");
-      explain(
-        `The target neither accepted nor rejected the connection within ` +
-          `${OPEN_TIMEOUT_MS / 1000} s, so the page gave up.`,
-      );
+    if (opened || thisAttempt !== attempt) {
+      return;
     }
+    current?.close();
+    socket = null;
+    setVerdict("no-answer", "no answer");
+    explain(
+      `The target neither accepted nor rejected the connection within ` +
+        `${OPEN_TIMEOUT_MS / 1000} s, so the page gave up.`,
+    );
   }, OPEN_TIMEOUT_MS);
+
+  try {
+    current = new WebSocket(url);
+  } catch (error) {
+    // Chromium throws a SyntaxError for a URL with a fragment, which the URL
+    // parser accepts, and other browsers may reject more URLs here.
+    clearTimeout(openTimer);
+    setVerdict("invalid", "invalid target");
+    explain(
+      `invalid target "${targetText}": the browser cannot open a WebSocket to it ` +
+        `(${error.name}: ${error.message}). Enter a URL such as ws://127.0.0.1:8765/ws.`,
+    );
+    log("error", `new WebSocket() failed: ${error.name}: ${error.message}`);
+    return;
+  }
+  socket = current;
 
   current.addEventListener("open", () => {
     if (socket !== current) {
@@ -340,7 +359,10 @@ function addChatMessage(message) {
 }
 
 function showMembers(members) {
-  const names = Array.isArray(members) ? members.map((member) => member.name) : [];
+  // A hostile target may send any JSON here, such as null entries.
+  const names = Array.isArray(members)
+    ? members.filter((member) => typeof member?.name === "string").map((member) => member.name)
+    : [];
   elements.members.textContent = names.length ? names.join(", ") : "none";
   elements.members.dataset.count = String(names.length);
 }

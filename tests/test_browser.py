@@ -13,7 +13,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
+from http.server import (
+    BaseHTTPRequestHandler,
+    SimpleHTTPRequestHandler,
+    ThreadingHTTPServer,
+)
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -487,6 +492,55 @@ def test_log_keeps_last_lines(page: Page, console_errors: list[str]) -> None:
     assert console_errors == []
 
 
+def submit_message(page: Page, text: str) -> None:
+    """Send ``text`` from the echo form, faster than typing it."""
+    page.evaluate(
+        """text => {
+            document.querySelector('[data-testid="message"]').value = text;
+            document.querySelector('[data-testid="send-form"]').requestSubmit();
+        }""",
+        text,
+    )
+
+
+def test_log_shortens_long_messages(page: Page, console_errors: list[str]) -> None:
+    received: list[str] = []
+
+    async def echo_as_is(connection: ServerConnection) -> None:
+        async for text in connection:
+            assert isinstance(text, str)
+            received.append(text)
+            await connection.send(text)
+
+    with ThreadedServer(handler=echo_as_is) as server:
+        page.goto(server.url)
+        expect(log_texts(page, "received")).to_have_text(["Hello Server!"])
+        long_text = "x" * 500_000
+        # Characters beyond U+FFFF are two UTF-16 code units each in JavaScript.
+        emoji_text = "\U0001f600" * 300
+
+        submit_message(page, long_text)
+        submit_message(page, emoji_text)
+
+        wait_until(lambda: len(received) == 3, "the server to receive both messages")
+        expect(log_texts(page, "received")).to_have_count(3)
+        shortened = "x" * 200 + "… (500,000 characters in all)"
+        shortened_emoji = "\U0001f600" * 200 + "… (300 characters in all)"
+        expect(log_texts(page, "sent")).to_have_text(
+            ["Hello Server!", shortened, shortened_emoji]
+        )
+        expect(log_texts(page, "received")).to_have_text(
+            ["Hello Server!", shortened, shortened_emoji]
+        )
+        log_length = page.get_by_test_id("log").evaluate(
+            "log => log.textContent.length"
+        )
+    assert received[1] == long_text
+    assert received[2] == emoji_text
+    assert log_length < 5000
+    assert console_errors == []
+
+
 # Event modes
 #
 # The page follows the server's event stream over WebSocket push, long polling
@@ -571,11 +625,24 @@ def wait_for_counter(page: Page, name: str, minimum: int, units: float = 5) -> N
 
 
 def event_seqs(page: Page) -> list[int]:
-    """Return the seq of each row of the events table, top to bottom."""
-    rows = page.get_by_test_id("events").locator("tr")
+    """Return the seq of each event row of the events table, top to bottom."""
+    rows = page.get_by_test_id("events").locator("tr[data-seq]")
     return [
         int(seq) for seq in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")
     ]
+
+
+def stream_markers(page: Page) -> Locator:
+    """Locate the rows of the events table that mark a restart or missed events."""
+    return page.get_by_test_id("events").locator("tr.stream-marker")
+
+
+def row_kinds(page: Page) -> list[str]:
+    """Return each row of the events table as its seq, or as its marker's kind."""
+    rows = page.get_by_test_id("events").locator("tr")
+    return rows.evaluate_all(
+        "rows => rows.map(row => row.dataset.seq ?? row.dataset.marker)"
+    )
 
 
 def start_events_page(page: Page, server: rtkit.Server, mode: str) -> None:
@@ -856,8 +923,68 @@ def test_epoch_change_reported(
     assert seqs[restart:] == list(range(1, len(seqs) - restart + 1))
     assert counter(page, "missed") == 0
     assert counter(page, "duplicates") == 0
+    # The marker row sits where seq jumps back to 1.
+    rows = row_kinds(page)
+    assert rows[restart : restart + 2] == ["restart", "1"], rows
+    expect(stream_markers(page)).to_have_text(
+        [
+            f"The server restarted: new epoch {server.epoch} (was {old_epoch}). The "
+            "events below are from its new run, which counts seq from 1 again."
+        ]
+    )
+    notice = page.get_by_test_id("stream-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_have_attribute("data-kind", "restart")
+    expect(notice).to_have_text(
+        re.compile(
+            rf"^\d\d:\d\d:\d\d The server restarted: its epoch changed from "
+            rf"{old_epoch} to {server.epoch}\. Its seq numbers start again at 1"
+        )
+    )
     # The request or connection that the restart cut off may fail once.
     assert unexpected(console_errors, is_network_error) == []
+
+
+@pytest.mark.parametrize("mode", EVENT_MODES)
+def test_missed_events_marked(page: Page, console_errors: list[str], mode: str) -> None:
+    threaded = ThreadedServer(history_size=3)
+    with threaded as server:
+        start_events_page(page, server, mode)
+        for number in range(2):
+            on_loop(threaded, server.publish, {"n": number})
+        wait_for_counter(page, "events", 2)
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        expect(page.get_by_test_id("stream-notice")).to_be_hidden()
+
+        # Seq 3 to 8, of which the history keeps 6 to 8.
+        for number in range(6):
+            on_loop(threaded, server.publish, {"n": number})
+        page.get_by_test_id("connect").click()
+
+        wait_for_counter(page, "events", 3)
+        text = (
+            "3 events missed: seq 3 to 5 fell out of the server's history before "
+            "this page received them."
+        )
+        expect(stream_markers(page)).to_have_text([text])
+        expect(stream_markers(page)).to_have_attribute("data-missed", "3")
+        assert row_kinds(page) == ["missed", "6", "7", "8"]
+        notice = page.get_by_test_id("stream-notice")
+        expect(notice).to_have_attribute("data-kind", "missed")
+        expect(notice).to_have_text(re.compile(rf"^\d\d:\d\d:\d\d {re.escape(text)}$"))
+        assert counter(page, "missed") == 3
+
+        # The next Connect starts a new run with an empty table and no notice.
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        page.get_by_test_id("connect").click()
+        expect(page.get_by_test_id("status")).to_have_text(RUNNING_STATUS[mode])
+        expect(notice).to_be_hidden()
+        expect(stream_markers(page)).to_have_count(0)
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
 
 
 @pytest.mark.parametrize(
@@ -1621,3 +1748,383 @@ def test_chat_tabs_closed_mid_broadcast(
         assert CHAT_CLOSE.search(line), line
     assert [line for line in lines if " ERROR " in line or " WARNING " in line] == []
     assert pages.console_errors == []
+
+
+# Hostile server values
+#
+# A server may send numbers that JSON allows but the page cannot use: times
+# beyond the range of Date, and counts beyond 2^53 - 1, where JavaScript
+# numbers stop being exact. The page reports each one and keeps its position.
+
+MAX_SAFE_INTEGER = 2**53 - 1
+NOT_A_COUNT = f"expected an integer from 0 to {MAX_SAFE_INTEGER}"
+FAST_RETRY_NO_HEARTBEAT = "?backoff_base=0.05&backoff_cap=0.2&heartbeat_interval=0"
+"""Query parameters that make the page reconnect at once and send no pings."""
+
+
+class ScriptedStream:
+    """A WebSocket handler that replies to the page's first ``command`` with ``frames``.
+
+    It then closes the connection with 1012, so the page reconnects and sends
+    the command again with the position it kept. Every command of that type
+    is recorded in ``received``, and other messages, such as the echo
+    greeting, are ignored.
+    """
+
+    def __init__(self, command: str, frames: list[str]) -> None:
+        self.command = command
+        self.frames = frames
+        self.received: list[dict[str, Any]] = []
+
+    async def __call__(self, connection: ServerConnection) -> None:
+        async for text in connection:
+            if not isinstance(text, str) or not text.startswith("{"):
+                continue
+            message = json.loads(text)
+            if message.get("type") != self.command:
+                continue
+            self.received.append(message)
+            if len(self.received) == 1:
+                for frame in self.frames:
+                    await connection.send(frame)
+                await connection.close(1012, "restarting")
+
+
+def subscribed_frame(**fields: Any) -> str:
+    message = {"type": "subscribed", "channel": DEFAULT_CHANNEL, "epoch": "e1"}
+    return json.dumps(message | {"seq": 3, "missed": 0} | fields)
+
+
+def event_frame(seq: Any, ts: Any, channel: str = DEFAULT_CHANNEL, **data: Any) -> str:
+    event = {"type": "event", "seq": seq, "epoch": "e1", "channel": channel}
+    return json.dumps(event | {"data": data, "ts": ts})
+
+
+def latency_cells(page: Page) -> Locator:
+    return page.get_by_test_id("events").locator("td.latency")
+
+
+def test_push_rejects_hostile_numbers(page: Page, console_errors: list[str]) -> None:
+    stream = ScriptedStream(
+        "subscribe",
+        [
+            subscribed_frame(missed=1e300),
+            subscribed_frame(seq=2**53),
+            subscribed_frame(missed=-1),
+            subscribed_frame(missed=5),
+            subscribed_frame(epoch=7),
+            subscribed_frame(),
+            event_frame(1, 1e300, n=1),
+            # JSON.parse reads 1e400 as Infinity, which json.dumps cannot write.
+            event_frame(2, 0, n=2).replace('"ts": 0', '"ts": 1e400'),
+            event_frame(3, time.time(), n=3),
+            event_frame(1e300, time.time(), n=4),
+            event_frame(2**53, time.time(), n=5),
+        ],
+    )
+    with ThreadedServer(handler=stream) as server:
+        page.goto(server.url + FAST_RETRY_NO_HEARTBEAT)
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        choose_mode(page, "push")
+
+        wait_until(lambda: len(stream.received) == 2, "the page to subscribe again")
+
+        expect(log_texts(page, "error")).to_contain_text(
+            [
+                f"missed is 1e+300, {NOT_A_COUNT}",
+                f"seq is {2**53}, {NOT_A_COUNT}",
+                f"missed is -1, {NOT_A_COUNT}",
+                "missed is 5 after seq 0, but the latest seq is 3",
+                "epoch is 7, expected a string",
+                "invalid ts 1e+300 in event seq 1",
+                "invalid ts Infinity in event seq 2",
+                'invalid event: {"type":"event","seq":1e+300,',
+                f'invalid event: {{"type":"event","seq":{2**53},',
+            ]
+        )
+        assert event_seqs(page) == [1, 2, 3]
+        expect(latency_cells(page)).to_have_text(
+            ["invalid time", "invalid time", re.compile(r"^-?\d+\.\d$")]
+        )
+        invalid = latency_cells(page).first
+        expect(invalid).to_have_attribute("data-invalid", "true")
+        expect(invalid).to_have_attribute("title", re.compile("ts 1e\\+300"))
+        expect(invalid).to_have_css("font-style", "italic")
+        expect(latency_cells(page).last).to_have_css("font-style", "normal")
+        expect(page.get_by_test_id("last-seq")).to_have_text("3")
+        assert counter(page, "events") == 3
+        assert counter(page, "missed") == 0
+        assert counter(page, "duplicates") == 0
+        first, second = stream.received
+        assert first["since"] == 0
+        assert "epoch" not in first
+        assert second["since"] == 3
+        assert second["epoch"] == "e1"
+
+        # Stop the page before the server, so that it does not reconnect.
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+INVALID_EPOCH = "expected 1 to 64 letters, digits, _ and -"
+
+
+def test_push_rejects_invalid_epochs(page: Page, console_errors: list[str]) -> None:
+    long_epoch = "e" * 100_000
+    stream = ScriptedStream(
+        "subscribe",
+        [
+            subscribed_frame(epoch=long_epoch),
+            subscribed_frame(epoch="bad epoch"),
+            subscribed_frame(epoch="x" * 65),
+            subscribed_frame(),
+            event_frame(1, time.time(), n=1).replace('"e1"', json.dumps(long_epoch)),
+            event_frame(1, time.time(), n=2),
+        ],
+    )
+    with ThreadedServer(handler=stream) as server:
+        page.goto(server.url + FAST_RETRY_NO_HEARTBEAT)
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        choose_mode(page, "push")
+
+        wait_until(lambda: len(stream.received) == 2, "the page to subscribe again")
+
+        errors = log_texts(page, "error")
+        expect(errors).to_contain_text(
+            [
+                f"epoch is a string of 100,000 characters, {INVALID_EPOCH}",
+                f'epoch is "bad epoch", {INVALID_EPOCH}',
+                f"epoch is a string of 65 characters, {INVALID_EPOCH}",
+                'invalid event: {"type":"event","seq":1,"epoch":"eeee',
+            ]
+        )
+        # The quoted messages are shortened, so the long epoch stays out of the page.
+        log_length = page.get_by_test_id("log").evaluate(
+            "log => log.textContent.length"
+        )
+        assert log_length < 10_000
+        expect(page.get_by_test_id("epoch")).to_have_text("e1")
+        assert event_seqs(page) == [1]
+        second = stream.received[1]
+        assert second["epoch"] == "e1"
+        assert second["since"] == 1
+
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+def test_push_marks_seq_gap(page: Page, console_errors: list[str]) -> None:
+    stream = ScriptedStream(
+        "subscribe",
+        [
+            subscribed_frame(seq=0),
+            event_frame(1, time.time(), n=1),
+            event_frame(4, time.time(), n=4),
+            event_frame(5, time.time(), n=5),
+            event_frame(7, time.time(), n=7),
+        ],
+    )
+    with ThreadedServer(handler=stream) as server:
+        page.goto(server.url + FAST_RETRY_NO_HEARTBEAT)
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        choose_mode(page, "push")
+
+        wait_until(lambda: len(stream.received) == 2, "the page to subscribe again")
+
+        expect(stream_markers(page)).to_have_text(
+            [
+                "2 events missed: seq jumped from 1 to 4.",
+                "1 event missed: seq jumped from 5 to 7.",
+            ]
+        )
+        assert row_kinds(page) == ["1", "missed", "4", "5", "missed", "7"]
+        expect(page.get_by_test_id("stream-notice")).to_contain_text(
+            "1 event missed: seq jumped from 5 to 7."
+        )
+        assert counter(page, "missed") == 3
+
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+def test_poll_rejects_long_epoch(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    long_epoch = "e" * 100_000
+    bodies = [
+        poll_body().replace('"e1"', json.dumps(long_epoch)),
+        poll_body(events=(event_frame(1, time.time()), event_frame(2, time.time()))),
+    ]
+    with scripted_poll_server(bodies) as (poll_url, requests):
+        start_events_page(page, live_server, "short-poll")
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        page.get_by_test_id("url").fill(poll_url)
+        page.get_by_test_id("connect").click()
+
+        wait_until(
+            lambda: any("since=2&epoch=e1" in target for target in requests),
+            "a poll after seq 2",
+        )
+
+        expect(log_texts(page, "error").first).to_contain_text(
+            f"epoch is a string of 100,000 characters, {INVALID_EPOCH}. "
+            "Retrying in 1 s."
+        )
+        expect(log_texts(page, "error").first).to_contain_text(
+            f"… ({len(bodies[0]):,} characters in all)"
+        )
+        assert requests[1] == requests[0]
+        assert all(len(target) < 200 for target in requests)
+        assert event_seqs(page) == [1, 2]
+
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+def test_chat_shows_invalid_times(page: Page, console_errors: list[str]) -> None:
+    sender = chat_sender("bob")
+    stream = ScriptedStream(
+        "join",
+        [
+            subscribed_frame(channel="lobby", missed=1e300),
+            event_frame(1, 1e300, "lobby", **{"from": sender, "text": "far future"}),
+            event_frame(2, "noon", "lobby", **{"from": sender, "text": "at noon"}),
+            event_frame(3, time.time(), "lobby", **{"from": sender, "text": "now"}),
+        ],
+    )
+    with ThreadedServer(handler=stream) as server:
+        page.goto(server.url + FAST_RETRY_NO_HEARTBEAT)
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        choose_mode(page, "chat")
+        expect(page.get_by_test_id("join")).to_be_enabled()
+        page.get_by_test_id("chat-name").fill("ada")
+        page.get_by_test_id("join").click()
+
+        wait_until(lambda: len(stream.received) == 2, "the page to join again")
+
+        messages = chat_messages(page)
+        expect(messages.locator(".chat-text")).to_have_text(
+            ["far future", "at noon", "now"]
+        )
+        times = messages.locator("time")
+        expect(times).to_have_text(
+            ["invalid time", "invalid time", re.compile(r"^\d\d:\d\d:\d\d$")]
+        )
+        expect(times.first).to_have_attribute("data-invalid", "true")
+        expect(times.first).to_have_css("font-style", "italic")
+        expect(times.last).to_have_css("font-style", "normal")
+        error_color = page.get_by_test_id("chat-error").evaluate(
+            "element => getComputedStyle(element).color"
+        )
+        expect(times.first).to_have_css("color", error_color)
+        expect(times.first).not_to_have_attribute("datetime", re.compile(".*"))
+        expect(times.first).to_have_attribute("title", re.compile("ts 1e\\+300"))
+        expect(log_texts(page, "error")).to_contain_text(
+            [
+                f"missed is 1e+300, {NOT_A_COUNT}",
+                "invalid ts 1e+300 in event seq 1",
+                'invalid ts "noon" in event seq 2',
+            ]
+        )
+        first, second = stream.received
+        assert first["since"] == 0
+        # The invalid subscribed message left the position as it was, so the
+        # rejoin resumes after the last message shown, without an epoch.
+        assert second["since"] == 3
+        assert "epoch" not in second
+
+        # Stop the page before the server, so that it does not reconnect.
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []
+
+
+@contextmanager
+def scripted_poll_server(bodies: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``bodies`` in turn at /poll on 127.0.0.1, repeating the last one.
+
+    Yields the poll URL and the list of request targets received. Responses
+    allow any origin, as a hostile server may, so a page of another origin
+    reads them.
+    """
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            body = bodies[min(len(requests), len(bodies)) - 1].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/poll", requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout(5))
+
+
+def poll_body(missed: str = "0", events: tuple[str, ...] = ()) -> str:
+    """Return a /poll body in epoch e1 at seq 2, with ``missed`` as written."""
+    head = f'{{"epoch": "e1", "seq": 2, "missed": {missed}, "events": ['
+    return head + ", ".join(events) + "]}"
+
+
+def test_poll_rejects_hostile_numbers(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    bodies = [
+        poll_body(missed="1e300"),
+        poll_body(events=(event_frame(1, 1e300), event_frame(2, time.time()))),
+        poll_body(),
+    ]
+    with scripted_poll_server(bodies) as (poll_url, requests):
+        start_events_page(page, live_server, "short-poll")
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        page.get_by_test_id("url").fill(poll_url)
+        page.get_by_test_id("connect").click()
+
+        wait_until(
+            lambda: any("since=2&epoch=e1" in target for target in requests),
+            "a poll after seq 2",
+        )
+
+        expect(log_texts(page, "error")).to_contain_text(
+            [
+                f"poll failed: invalid poll response {bodies[0]}: missed is 1e+300, "
+                f"{NOT_A_COUNT}. Retrying in 1 s.",
+                "invalid ts 1e+300 in event seq 1",
+            ]
+        )
+        assert requests[0].startswith("/poll?since=0&epoch=")
+        assert requests[1] == requests[0]
+        assert event_seqs(page) == [1, 2]
+        expect(latency_cells(page)).to_have_text(
+            ["invalid time", re.compile(r"^-?\d+\.\d$")]
+        )
+        expect(page.get_by_test_id("last-seq")).to_have_text("2")
+        assert counter(page, "events") == 2
+        assert counter(page, "errors") == 1
+        assert counter(page, "missed") == 0
+        assert counter(page, "duplicates") == 0
+
+        # Stop polling before the server stops, so that no poll fails.
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []

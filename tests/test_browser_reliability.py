@@ -8,12 +8,15 @@ its backoff delays and heartbeat, so each test takes a few seconds.
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from websockets.sync.client import connect
 
 import rtkit
+import rtkit.server
 from rtkit.auth import TokenAuth
 
 from .browsers import record_console_errors
@@ -321,6 +324,167 @@ def test_heartbeat_detects_blocked_loop(page: Page, console_errors: list[str]) -
     assert console_errors == []
 
 
+# Handshakes that never finish
+
+
+def test_open_timeout_gives_up_silent_server(
+    live_server: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    # The kernel completes the TCP handshake into the backlog, and nothing
+    # ever reads the upgrade request or responds to it.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        silent_url = f"ws://127.0.0.1:{listener.getsockname()[1]}/ws"
+        page.goto(f"{live_server.url}?open_timeout=0.5&url={silent_url}")
+
+        problem = page.get_by_test_id("connection-problem")
+        expect(problem).to_contain_text(
+            "The WebSocket handshake did not complete within 0.5 s: the server "
+            "probably accepted the connection but never answered the upgrade "
+            "request, so its event loop may be blocked"
+        )
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        expect(log_texts(page, "error").last).to_contain_text(
+            "Press Connect to try again."
+        )
+        expect(page.get_by_test_id("connect")).to_be_enabled()
+    assert unexpected(console_errors, is_failed_websocket) == []
+
+
+def test_open_timeout_retries_push(page: Page, console_errors: list[str]) -> None:
+    threaded = ThreadedServer()
+    with threaded as server:
+        open_push_page(page, page_url(server, open_timeout=0.5, **FAST_RECONNECT))
+        publish(threaded, 2)
+        wait_for_counter(page, "events", 2)
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        record_retries(page)
+
+        # time.sleep() on the server's loop blocks it as a long cell would, so
+        # it accepts connections but responds to no upgrade request.
+        threaded.loop.call_soon_threadsafe(time.sleep, 2)
+        page.get_by_test_id("connect").click()
+
+        problem = page.get_by_test_id("connection-problem")
+        expect(problem).to_contain_text(
+            "The WebSocket handshake did not complete within 0.5 s"
+        )
+        expect(log_texts(page, "error").last).to_contain_text(
+            re.compile(r"event loop may be blocked.*\. Reconnecting in \d")
+        )
+        expect(page.get_by_test_id("status")).to_have_text(
+            re.compile("retrying|connecting")
+        )
+        expect(page.get_by_test_id("status")).to_have_text(
+            "open", timeout=timeout(5) * 1000
+        )
+        expect(problem).to_be_hidden()
+        expect(log_texts(page, "system")).to_contain_text(
+            [re.compile(r"^recovered after \d+ failed attempts?$")]
+        )
+        # Connect started a new run, which resumes after seq 2.
+        publish(threaded, 1)
+        wait_for_counter(page, "events", 1)
+        assert event_seqs(page) == [3]
+        assert len(recorded_retries(page)) >= 1
+    assert unexpected(console_errors, is_failed_websocket) == []
+
+
+# A full server
+
+
+@pytest.fixture
+def short_retry_after(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Make full servers send Retry-After: 1, so a test waits 1 s, not 5."""
+    monkeypatch.setattr(rtkit.server, "RETRY_AFTER", 1)
+    return 1
+
+
+def test_full_server_retried_after_retry_after(
+    page: Page, console_errors: list[str], short_retry_after: int
+) -> None:
+    with (
+        ThreadedServer(max_connections=1) as server,
+        connect(server.ws_url) as holder,
+    ):
+        page.goto(page_url(server, **FAST_RECONNECT))
+        # Echo mode does not retry.
+        expect(log_texts(page, "error").last).to_contain_text("Press Connect again")
+
+        choose_mode(page, "push")
+
+        bar_text = page.get_by_test_id("reconnect-text")
+        expect(bar_text).to_have_text(
+            re.compile(
+                r"^reconnecting in \d\.\d s \(attempt 1, waiting for the server's "
+                r"Retry-After of 1 s\)$"
+            )
+        )
+        bar = page.get_by_test_id("reconnect-bar")
+        expect(bar).to_have_attribute("data-minimum-ms", "1000.0")
+        delay_ms = float(bar.get_attribute("data-delay-ms") or "0")
+        problem = page.get_by_test_id("connection-problem")
+        expect(problem).to_contain_text("The server is full: GET http://127.0.0.1:")
+        expect(problem).to_contain_text(
+            re.compile(
+                r"\(Retry-After: 1 s\)\. Reconnecting in 1\.\d\d s \(attempt 1\): "
+                r"the server's Retry-After of 1 s plus a random 0\.\d\d s"
+            )
+        )
+        expect(page.get_by_test_id("status")).to_have_text("retrying")
+        holder.close()
+
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        expect(problem).to_be_hidden()
+        expect(bar).to_be_hidden()
+        expect(log_texts(page, "system")).to_contain_text(
+            [re.compile(r"^recovered after \d+ failed attempts?$")]
+        )
+    assert 1000 <= delay_ms <= 1000 + FAST_RECONNECT["backoff_base"] * 1000
+    failures = unexpected(console_errors, is_failed_websocket, is_http_error(503))
+    assert failures == []
+
+
+def test_full_server_on_reconnect_waits_retry_after(
+    page: Page, console_errors: list[str], short_retry_after: int
+) -> None:
+    threaded = ThreadedServer()
+    with threaded as server, connect(server.ws_url) as holder:
+        open_push_page(page, page_url(server, **FAST_RECONNECT))
+        record_retries(page)
+
+        async def fill_then_drop_page() -> None:
+            server.max_connections = 1
+            for connection in list(server.connections):
+                if connection.request.headers.get("Origin") is not None:
+                    await connection.close(1012, "restarting")
+
+        threaded.call(fill_then_drop_page())
+
+        bar = page.get_by_test_id("reconnect-bar")
+        expect(bar).to_have_attribute("data-minimum-ms", "1000.0")
+        expect(page.get_by_test_id("connection-problem")).to_contain_text(
+            re.compile(r"The server is full: .* the server's Retry-After of 1 s")
+        )
+        holder.close()
+
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        expect(bar).to_be_hidden()
+    retries = recorded_retries(page)
+    # The plain backoff delays are at most 50 and 100 ms. Once the page's GET
+    # saw the 503, the pending attempt waits for the Retry-After instead,
+    # under the same attempt number.
+    assert retries[0][:1] == (1,), retries
+    assert retries[0][1] <= 50, retries
+    waits = [(attempt, delay) for attempt, delay, _ in retries if delay >= 1000]
+    assert len(waits) == 1, retries
+    assert waits[0][0] in [attempt for attempt, delay, _ in retries if delay < 1000]
+    failures = unexpected(
+        console_errors, is_failed_websocket, is_http_error(503), is_network_error
+    )
+    assert failures == []
+
+
 # Close codes the page explains
 
 
@@ -392,10 +556,13 @@ def test_server_full_explained(browser: Browser) -> None:
 
             expect(second.get_by_test_id("status")).to_have_text("closed")
             explanation = log_texts(second, "error").first
+            # The server's own text follows "server full: ", with the count.
             expect(explanation).to_contain_text(
                 f"The server is full: GET {server.ws_url.replace('ws:', 'http:')} "
-                "returned HTTP 503 Service Unavailable: server full: 1 connections "
-                "open (max_connections); try again later (Retry-After: 5 s)"
+                "returned HTTP 503 Service Unavailable: server full: "
+            )
+            expect(explanation).to_contain_text(
+                "(max_connections); try again later (Retry-After: 5 s)"
             )
             expect(log_texts(second, "error").last).to_contain_text(
                 "larger max_connections"
@@ -434,6 +601,28 @@ WRONG_TOKEN_ERRORS = {
 }
 """What the page shows when the server rejects its token, by the method."""
 
+METHOD_LABELS = {
+    "query": "in the query string (?token=)",
+    "message": "in the first message",
+    "cookie": "as a cookie from GET /login",
+}
+"""The choices next to the Token field, by method."""
+
+
+def missing_token_advice(via: str) -> str:
+    label = METHOD_LABELS[via]
+    return (
+        f'The server expects a token {label}: enter it in the Token field, choose "'
+        f'{label}" next to it, then press Connect.'
+    )
+
+
+def wrong_token_advice(via: str) -> str:
+    return (
+        f"The server rejected the token that the page sent {METHOD_LABELS[via]}: "
+        "check the Token field, then press Connect."
+    )
+
 
 def enter_token(page: Page, token: str, via: str) -> None:
     page.get_by_test_id("token").fill(token)
@@ -456,9 +645,10 @@ def test_token_missing_then_accepted(
     with ThreadedServer(auth=auth) as server:
         page.goto(server.url)
         expect(page.get_by_test_id("status")).to_have_text("closed")
-        expect(page.get_by_test_id("connection-problem")).to_contain_text(
-            MISSING_TOKEN_ERRORS[via]
-        )
+        problem = page.get_by_test_id("connection-problem")
+        expect(problem).to_contain_text(MISSING_TOKEN_ERRORS[via])
+        expect(problem).to_contain_text(missing_token_advice(via))
+        expect(problem).not_to_contain_text("rejected the token")
 
         enter_token(page, TOKEN, via)
         page.get_by_test_id("connect").click()
@@ -484,11 +674,36 @@ def test_token_wrong_rejected(page: Page, console_errors: list[str], via: str) -
         enter_token(page, "wrong-token", via)
         page.get_by_test_id("connect").click()
 
-        expect(page.get_by_test_id("connection-problem")).to_contain_text(
-            WRONG_TOKEN_ERRORS[via]
-        )
+        problem = page.get_by_test_id("connection-problem")
+        expect(problem).to_contain_text(WRONG_TOKEN_ERRORS[via])
+        expect(problem).to_contain_text(wrong_token_advice(via))
         expect(page.get_by_test_id("status")).to_have_text("closed")
         assert "wrong-token" not in log_text(page)
+    assert unexpected(console_errors, is_expected_auth_error) == []
+
+
+@pytest.mark.parametrize(
+    ("server_via", "page_via"),
+    [("message", "query"), ("query", "message"), ("cookie", "query")],
+)
+def test_token_sent_wrong_way_explained(
+    page: Page, console_errors: list[str], server_via: str, page_via: str
+) -> None:
+    auth = TokenAuth(TOKEN, via=server_via, timeout=1)
+    with ThreadedServer(auth=auth) as server:
+        page.goto(server.url)
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+
+        enter_token(page, TOKEN, page_via)
+        page.get_by_test_id("connect").click()
+
+        expected = METHOD_LABELS[server_via]
+        expect(page.get_by_test_id("connection-problem")).to_contain_text(
+            f"The server expects the token {expected}, but the page sent it "
+            f'{METHOD_LABELS[page_via]}: choose "{expected}" next to the Token field'
+        )
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+        assert TOKEN not in log_text(page)
     assert unexpected(console_errors, is_expected_auth_error) == []
 
 

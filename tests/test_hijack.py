@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Page, expect
+from websockets.asyncio.server import ServerConnection
 from websockets.sync.client import ClientConnection, connect
 
 import rtkit
+from rtkit.auth import TokenAuth
 
 from .conftest import ThreadedServer, free_port, timeout
 
 pytestmark = pytest.mark.browser
 
 MARKUP = '<img src=x onerror="window.injected = true">'
+
+OPEN_TIMEOUT_MS = 10_000
+"""OPEN_TIMEOUT_MS in hijack.js: how long the page waits for an open or a rejection."""
+
+TOKEN = "victim-token"
 
 
 @pytest.fixture
@@ -200,6 +208,9 @@ def test_hijack_reports_unreachable_target(
         ("", "missing target"),
         ("not a url", 'invalid target "not a url"'),
         ("http://127.0.0.1:8765/ws", "the scheme must be ws: or wss:"),
+        # The URL parser accepts a fragment, but Chromium's WebSocket
+        # constructor throws a SyntaxError for it.
+        ("ws://127.0.0.1:8765/ws#x", "fragment identifier"),
     ],
 )
 def test_hijack_rejects_invalid_target(
@@ -230,3 +241,127 @@ def test_hijack_same_origin_accepted_with_note(
     expect(log.nth(1)).to_contain_text("served by the target itself")
     expect(page.get_by_test_id("members")).to_have_text("hijacker")
     assert console_errors == []
+
+
+def test_hijack_fragment_in_query_not_stuck(
+    attacker: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    target = f"ws://127.0.0.1:{free_port()}/ws#x"
+    page.clock.install()
+
+    page.goto(hijack_url(attacker, target))
+
+    verdict = page.get_by_test_id("verdict")
+    expect(verdict).to_have_text("invalid target")
+    explanation = page.get_by_test_id("explanation")
+    expect(explanation).to_contain_text(f'invalid target "{target}"')
+    expect(explanation).to_contain_text("SyntaxError")
+    expect(explanation).to_contain_text("fragment identifier")
+    error_lines = page.get_by_test_id("log").locator('li[data-kind="error"]')
+    expect(error_lines).to_contain_text(["new WebSocket() failed: SyntaxError"])
+    # The open timeout was cleared, so it does not replace the verdict.
+    page.clock.run_for(OPEN_TIMEOUT_MS + 1000)
+    expect(verdict).to_have_text("invalid target")
+    expect(page.get_by_test_id("disconnect")).to_be_disabled()
+    assert console_errors == []
+
+
+def test_hijack_silent_target_times_out(
+    attacker: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    # The kernel completes the TCP handshake into the backlog, and nothing
+    # ever reads the upgrade request or responds to it.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        target = f"ws://127.0.0.1:{listener.getsockname()[1]}/ws"
+        page.clock.install()
+
+        page.goto(hijack_url(attacker, target))
+
+        verdict = page.get_by_test_id("verdict")
+        expect(verdict).to_have_text("connecting")
+        page.clock.run_for(OPEN_TIMEOUT_MS + 1000)
+        expect(verdict).to_have_text("no answer")
+        expect(page.get_by_test_id("explanation")).to_contain_text(
+            "neither accepted nor rejected the connection within 10 s"
+        )
+    assert (
+        unexpected(console_errors, "closed before the connection is established") == []
+    )
+
+
+async def send_malformed_presence(connection: ServerConnection) -> None:
+    members = [None, {"name": "ada"}, {"name": 5}, "bob", {"id": "x"}]
+    presence = {"type": "presence", "channel": "lobby", "members": members}
+    await connection.send(json.dumps(presence))
+    await connection.wait_closed()
+
+
+def test_hijack_skips_malformed_members(
+    attacker: rtkit.Server, page: Page, console_errors: list[str]
+) -> None:
+    target_server = ThreadedServer(check_origin=False, handler=send_malformed_presence)
+    with target_server as target:
+        page.goto(hijack_url(attacker, target.ws_url))
+
+        expect(page.get_by_test_id("verdict")).to_have_text("accepted")
+        members = page.get_by_test_id("members")
+        expect(members).to_have_text("ada")
+        expect(members).to_have_attribute("data-count", "1")
+    assert console_errors == []
+
+
+def log_in_from_victim_page(page: Page, victim: rtkit.Server) -> str:
+    """Log the browser in to ``victim`` as its user would, and return the cookie's name.
+
+    A page of the victim sends GET /login with the token, so the browser
+    stores the session cookie that the response sets. The name comes from the
+    Set-Cookie header, because it depends on the server's port.
+    """
+    page.goto(f"{victim.url}static/hijack.html")
+    with page.expect_response(f"{victim.url}login") as login:
+        status = page.evaluate(
+            """token => fetch('/login', {
+                headers: {Authorization: 'Bearer ' + token},
+            }).then(response => response.status)""",
+            TOKEN,
+        )
+    assert status == 204
+    set_cookie = login.value.header_value("set-cookie")
+    assert set_cookie is not None
+    name = set_cookie.split("=", 1)[0]
+    stored = {cookie["name"]: cookie for cookie in page.context.cookies()}
+    assert stored[name]["sameSite"] == "Strict"
+    assert stored[name]["httpOnly"]
+    return name
+
+
+@pytest.mark.parametrize(
+    ("check_origin", "verdict", "status"),
+    [(False, "accepted", 101), (True, "rejected", 403)],
+)
+def test_hijack_rides_session_cookie(
+    attacker: rtkit.Server,
+    page: Page,
+    console_errors: list[str],
+    check_origin: bool,
+    verdict: str,
+    status: int,
+) -> None:
+    auth = TokenAuth(TOKEN, via="cookie")
+    threaded = ThreadedServer(auth=auth, check_origin=check_origin)
+    with threaded as victim:
+        cookie_name = log_in_from_victim_page(page, victim)
+
+        # The attack page is on another port of 127.0.0.1, so another origin
+        # but the same site, and SameSite=Strict does not keep the cookie out.
+        page.goto(hijack_url(attacker, victim.ws_url))
+
+        expect(page.get_by_test_id("verdict")).to_have_text(verdict)
+        upgrades = [h for h in handshakes(threaded) if h.request.path == "/ws"]
+
+    assert [h.response.status_code for h in upgrades] == [status]
+    request = upgrades[0].request
+    assert request.headers.get("Origin") == page_origin(attacker)
+    assert f"{cookie_name}=" in (request.headers.get("Cookie") or "")
+    handshake_failed = f"WebSocket connection to '{victim.ws_url}' failed"
+    assert unexpected(console_errors, handshake_failed) == []
