@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
@@ -614,6 +616,29 @@ def _is_fatal(error: Exception) -> bool:
     return False
 
 
+MAX_RETRY_AFTER = 600.0
+"""The longest ``Retry-After`` a subscriber waits, in seconds."""
+
+
+def retry_after(error: Exception) -> float:
+    """Return the seconds that a 503 or 429 response's ``Retry-After`` asks for.
+
+    Returns 0 for other errors, and for a missing value or an HTTP date, which
+    rtkit never sends. The wait is capped at :data:`MAX_RETRY_AFTER`.
+    """
+    if not isinstance(error, InvalidStatus):
+        return 0.0
+    if error.response.status_code not in (429, 503):
+        return 0.0
+    try:
+        seconds = float(error.response.headers.get("Retry-After", ""))
+    except (ValueError, MultipleValuesError):
+        return 0.0
+    if not 0 <= seconds < math.inf:
+        return 0.0
+    return min(seconds, MAX_RETRY_AFTER)
+
+
 def _describe_error(error: Exception) -> str:
     if isinstance(error, InvalidStatus):
         body = error.response.body.decode("utf-8", "replace").strip()
@@ -778,7 +803,12 @@ class WebSocketSubscriber(StreamClient):
                 return
             if stable:
                 self.backoff.reset()
-            await asyncio.sleep(self.backoff.next_delay())
+            delay = self.backoff.next_delay()
+            if error is not None:
+                # The server's Retry-After comes first; the jittered delay on
+                # top keeps the clients it turned away from returning at once.
+                delay += retry_after(error)
+            await asyncio.sleep(delay)
 
     def _connection_ended(self, error: Exception | None) -> bool:
         """Record a lost connection or a failed attempt.

@@ -10,16 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 import rtkit
+import rtkit.server
 from rtkit.auth import AuthenticationFailed, TokenAuth
 from rtkit.clients import (
+    MAX_RETRY_AFTER,
     Backoff,
     LongPoller,
     ShortPoller,
     WebSocketSubscriber,
     _session_cookie,
+    retry_after,
 )
 from rtkit.tls import LocalCA
 
@@ -528,3 +534,56 @@ def test_subscriber_untrusted_certificate_stops(tmp_path: Path) -> None:
             )
 
     run(scenario())
+
+
+def retry_after_error(status: int, value: str | None) -> InvalidStatus:
+    response = Response(status, "", Headers())
+    if value is not None:
+        response.headers["Retry-After"] = value
+    return InvalidStatus(response)
+
+
+@pytest.mark.parametrize(
+    ("status", "value", "seconds"),
+    [
+        (503, "5", 5.0),
+        (429, "0.5", 0.5),
+        (503, None, 0.0),
+        (503, "Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        (503, "-1", 0.0),
+        (503, "inf", 0.0),
+        (503, "86400", MAX_RETRY_AFTER),
+        (401, "5", 0.0),
+    ],
+)
+def test_retry_after_reads_header(
+    status: int, value: str | None, seconds: float
+) -> None:
+    assert retry_after(retry_after_error(status, value)) == seconds
+
+
+def test_retry_after_other_errors_zero() -> None:
+    assert retry_after(ConnectionRefusedError()) == 0.0
+
+
+def test_subscriber_waits_retry_after_when_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rtkit.server, "RETRY_AFTER", 1)
+
+    async def scenario() -> int:
+        async with rtkit.Server(port=0, max_connections=1) as server:
+            holder = await connect(server.ws_url, open_timeout=timeout(2))
+            subscriber = WebSocketSubscriber(
+                server.url, reconnect=True, backoff=fast_backoff(base=0.01, cap=0.02)
+            )
+            subscriber.start()
+            await asyncio.sleep(0.6)
+            # Without Retry-After, the tiny backoff would retry dozens of times.
+            failed_while_full = subscriber.follower.errors
+            await holder.close()
+            await until(subscriber.connected.is_set, units=5)
+            await subscriber.stop()
+            return failed_while_full
+
+    assert run(scenario(), units=10) == 1
