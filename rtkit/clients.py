@@ -621,7 +621,7 @@ MAX_RETRY_AFTER = 600.0
 
 
 def retry_after(error: Exception) -> float:
-    """Return the seconds that a 503 or 429 response's ``Retry-After`` asks for.
+    """Return the wait in seconds that a 503 or 429 response's ``Retry-After`` requests.
 
     Returns 0 for other errors, and for a missing value or an HTTP date, which
     rtkit never sends. The wait is capped at :data:`MAX_RETRY_AFTER`.
@@ -693,7 +693,7 @@ class WebSocketSubscriber(StreamClient):
             to the welcome message (authentication included).
         close_timeout: seconds to wait for the server's close frame after the
             client started closing, for example when its keepalive ping timed
-            out; the outage is recorded when the closing ends.
+            out. The outage is recorded when the closing ends.
 
     Raises:
         ValueError: if an argument is invalid; the message names it.
