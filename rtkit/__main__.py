@@ -25,7 +25,13 @@ from .auth import AUTH_METHODS, TOKEN_PATTERN, TokenAuth
 from .hub import DEFAULT_HISTORY_SIZE, DEFAULT_MAX_CHANNELS
 from .origins import normalize_origin
 from .push import DEFAULT_MAX_BUFFER, DEFAULT_MAX_RATE
-from .server import DEFAULT_HOST, DEFAULT_MAX_CONNECTIONS, PortInUseError, Server
+from .server import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS,
+    MAX_WAIT_LIMIT,
+    PortInUseError,
+    Server,
+)
 from .source import EventSource
 
 __all__ = ["main"]
@@ -189,6 +195,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def long_poll_wait(text: str) -> float:
+    """Parse ``--max-wait`` for argparse: seconds above 0, at most an hour."""
+    value = seconds(text)
+    if value > MAX_WAIT_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"invalid value: {text!r}; pass at most {MAX_WAIT_LIMIT:g} seconds, "
+            "because each waiting request holds a connection"
+        )
+    return value
+
+
 def seconds_or_zero(text: str) -> float | None:
     """Parse a duration for argparse: seconds above 0, or 0 (also 0.00) to disable."""
     try:
@@ -325,7 +342,7 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--max-wait",
-        type=seconds,
+        type=long_poll_wait,
         default=routes.MAX_WAIT,
         metavar="SECONDS",
         help="maximum long-poll wait in seconds that a client may request "

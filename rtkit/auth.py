@@ -207,7 +207,10 @@ class TokenAuth:
                     "to the WebSocket URL, e.g. ws://HOST:PORT/ws?token=TOKEN"
                 )
             if not self.matches(token):
-                return "wrong token in ?token=; use the token the server printed"
+                return (
+                    "wrong token in ?token=; use the server's token (its "
+                    "--token, RTKIT_TOKEN, or the one it printed at start)"
+                )
         elif self.via == "cookie" and not self.has_session(request, port=port):
             return (
                 f"missing or unknown {session_cookie_name(port)} cookie: GET "

@@ -158,12 +158,19 @@ def _check_max_connections(value: object) -> int | None:
     return value
 
 
+MAX_WAIT_LIMIT = 3600.0
+"""The largest ``max_wait`` accepted, in seconds. An unanswered request is
+held for ``max_wait`` plus 10 s, so a larger cap would let idle requests
+hold connections almost for good."""
+
+
 def _check_max_wait(value: object) -> float:
     valid = isinstance(value, int | float) and not isinstance(value, bool)
-    if not valid or not 0 < value < math.inf:  # type: ignore[operator]
+    if not valid or not 0 < value <= MAX_WAIT_LIMIT:  # type: ignore[operator]
         raise ValueError(
             f"invalid max_wait: {value!r}; pass the maximum long-poll wait in "
-            f"seconds, above 0, e.g. {routes.MAX_WAIT:g}"
+            f"seconds, above 0 and at most {MAX_WAIT_LIMIT:g}, e.g. "
+            f"{routes.MAX_WAIT:g}"
         )
     return float(value)  # type: ignore[arg-type]
 

@@ -211,6 +211,10 @@ def test_serve_invalid_port_exits_2(port: str, message: str) -> None:
         ),
         (["--max-rate", "fast"], "argument --max-rate: invalid value: 'fast'"),
         (["--max-wait", "0"], "argument --max-wait: invalid value: '0'"),
+        (
+            ["--max-wait", "1e308"],
+            "argument --max-wait: invalid value: '1e308'; pass at most 3600",
+        ),
         (["--max-buffer", "-1"], "argument --max-buffer: invalid value: '-1'"),
         (["--slow-policy", "block"], "argument --slow-policy: invalid choice"),
         (["--stall-timeout", "0"], "argument --stall-timeout: invalid value: '0'"),

@@ -633,6 +633,7 @@ INVALID_OPTIONS = [
     ({"max_rate": 0}, "invalid max_rate: 0"),
     ({"max_rate": float("nan")}, "invalid max_rate: nan"),
     ({"slow_policy": "block"}, "invalid slow_policy: 'block'"),
+    ({"max_wait": 3601}, "invalid max_wait: 3601"),
     ({"stall_timeout": 0}, "invalid stall_timeout: 0"),
     ({"max_buffer": -1}, "invalid max_buffer: -1"),
     ({"max_buffer": 1.5}, "invalid max_buffer: 1.5"),
