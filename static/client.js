@@ -1665,6 +1665,8 @@ const chat = {
   seq: 0,
   /** When the page first joined `channel`, in ms since the Unix epoch. */
   firstJoinMs: 0,
+  /** The latest seq reported when the page last joined `channel`. The server replayed the messages up to it. */
+  replaySeq: 0,
   /** The server's id of the current connection, once the page identified itself among the members. */
   selfId: null,
   /** The ids of every connection the page chatted on, to mark its own messages replayed after a reconnect. */
@@ -1821,6 +1823,7 @@ function joinChannel() {
   if (fields.channel !== chat.channel) {
     chat.channel = fields.channel;
     chat.seq = 0;
+    chat.replaySeq = 0;
     chat.firstJoinMs = wallClockMs();
     ui.chatMessages.replaceChildren();
   }
@@ -1922,6 +1925,7 @@ function acceptJoin(message) {
     chat.seq = 0;
   }
   chat.epoch = message.epoch;
+  chat.replaySeq = message.seq;
   if (message.missed > 0) {
     const text = `missed ${message.missed} messages after seq ${chat.seq}: they fell out of the server's history`;
     log("error", text);
@@ -1970,9 +1974,10 @@ function appendChatMessage(event) {
   item.dataset.seq = String(event.seq);
   item.dataset.origin = origin;
   const sentAtMs = timestampMs(event.ts);
-  if (sentAtMs !== null && sentAtMs < chat.firstJoinMs) {
+  const replayed = event.seq <= chat.replaySeq || (sentAtMs !== null && sentAtMs < chat.firstJoinMs);
+  if (replayed) {
     item.classList.add("chat-earlier");
-    item.title = "Sent before this page joined, then replayed from the server's history";
+    item.title = "Sent before this page joined or rejoined, then replayed from the server's history";
   }
 
   const meta = document.createElement("div");
@@ -2202,6 +2207,7 @@ class PollError extends Error {
 async function pollOnce(session) {
   const target = pollTarget(session);
   const startedAt = performance.now();
+  const sentAtMs = wallClockMs();
   counters.requests += 1;
   counters.sent.overhead += requestHeadLength(target);
   renderCounters();
@@ -2220,9 +2226,23 @@ async function pollOnce(session) {
   if (state.status !== "open") {
     setStatus("open");
   }
+  markPollBacklog(session, body, sentAtMs);
   reportRecovery(session);
   acceptPoll(body, wallClockMs());
   schedulePoll(session, nextPollDelay(session, body.events.length === 0, startedAt));
+}
+
+/**
+ * Counts the events published before the poll request sent at `sentAtMs` as
+ * replayed when that request followed a failed poll or reached a restarted
+ * server. The server returns such a backlog at once from its history.
+ * NOTE: this compares the server's clock with the page's, as latency does.
+ */
+function markPollBacklog(session, body, sentAtMs) {
+  const restarted = position.epoch !== null && body.epoch !== position.epoch;
+  if (session.failures > 0 || restarted) {
+    counters.replay.beforeMs = Math.max(counters.replay.beforeMs, sentAtMs);
+  }
 }
 
 // Returns the poll URL with the stream position and, for a long poll, the wait.
@@ -2375,6 +2395,10 @@ function acceptSubscribed(message) {
   }
   acceptEpoch(message.epoch);
   acceptMissed(message.missed);
+  // The server sends the replay right after this message and only then
+  // registers the subscription, so every event up to message.seq is a replay.
+  counters.replay.epoch = message.epoch;
+  counters.replay.seq = message.seq;
   if (message.seq > position.seq) {
     log(
       "system",
@@ -2463,15 +2487,13 @@ function acceptEvents(events, receivedAt) {
     position.seq = event.seq;
     counters.events += 1;
     const publishedMs = timestampMs(event.ts);
+    const replayed = isReplayed(event, publishedMs);
     if (publishedMs === null) {
       log("error", describeInvalidTime(event));
-      appendEventRow(event, receivedAt, null, false);
+      appendEventRow(event, receivedAt, null, replayed);
       continue;
     }
     const latencyMs = receivedAt - publishedMs;
-    // An event published before this run started waited in the server's
-    // history, so its latency is its age, not the transport's delay.
-    const replayed = publishedMs < counters.startWallClockMs;
     if (!replayed) {
       counters.latencies.push(latencyMs);
       if (counters.latencies.length > MAX_EVENT_ROWS) {
@@ -2482,6 +2504,19 @@ function acceptEvents(events, receivedAt) {
   }
   renderPosition();
   renderCounters();
+}
+
+/**
+ * Returns whether the server sent `event` from its history, as counters.replay
+ * describes. Such an event waited there, so its latency is its age, not the
+ * transport's delay. `publishedMs` is null when the event's ts is not a time.
+ */
+function isReplayed(event, publishedMs) {
+  const { replay } = counters;
+  if (event.epoch === replay.epoch && event.seq <= replay.seq) {
+    return true;
+  }
+  return publishedMs !== null && publishedMs < replay.beforeMs;
 }
 
 // The event's ts is checked where it is used, by timestampMs(), so that an
@@ -2695,10 +2730,16 @@ function newCounters() {
     pollEndpoint: null,
     /** Latencies of the last MAX_EVENT_ROWS events not replayed from history, in milliseconds. */
     latencies: [],
-    /** When this run started, in milliseconds since the Unix epoch. */
-    startWallClockMs: wallClockMs(),
-    /** The same moment on the performance.now() clock, which Resource Timing uses. */
+    /** When this run started, on the performance.now() clock, which Resource Timing uses. */
     startPerformanceMs: performance.now(),
+    /**
+     * The events that the server replayed from its history. In push mode these
+     * are the events of `epoch` up to `seq`, the latest seq that the last
+     * "subscribed" message reported. In every mode they include the events
+     * published before `beforeMs`, in ms since the Unix epoch, which is the
+     * start of this run or of the last poll request after a failed poll or a restart.
+     */
+    replay: { epoch: null, seq: 0, beforeMs: wallClockMs() },
   };
 }
 
@@ -2835,7 +2876,9 @@ function appendEventRow(event, receivedAt, latencyMs, replayed) {
   row.dataset.seq = String(event.seq);
   if (replayed) {
     row.className = "replayed";
-    row.title = "Published before this connection or poll loop started, then replayed from the server's history";
+    row.title =
+      "Replayed from the server's history, because it was published before this " +
+      "page subscribed or resumed polling. The latency summary leaves it out.";
   }
   const cells = [
     [String(event.seq), "numeric"],

@@ -239,7 +239,8 @@ function reportAccepted(url) {
       "message there: it reads and writes whatever the target offers to a " +
       "visitor's browser, including data behind the visitor's cookies. The " +
       "target should reject upgrades whose Origin header is not its own. rtkit " +
-      "does so unless it was started with check_origin=False.",
+      "does so unless it was started with check_origin=False, or from the " +
+      "command line with --no-origin-check.",
   );
 }
 

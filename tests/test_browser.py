@@ -1601,6 +1601,12 @@ def test_chat_rejoins_after_drop(
     )
     seqs = chat_messages(page).evaluate_all("items => items.map(i => i.dataset.seq)")
     assert seqs == ["1", "2", "3", "4", "5"]
+    # Only the messages sent while the page was away came in the rejoin's replay.
+    replayed = page.get_by_test_id("chat-messages").locator(".chat-earlier")
+    expect(replayed.locator(".chat-text")).to_have_text(["three", "four", "five"])
+    expect(replayed.first).to_have_attribute(
+        "title", re.compile("^Sent before this page joined or rejoined")
+    )
     states = page.evaluate("window.chatStates")
     assert "Connection lost. Reconnecting, then rejoining lobby after seq 2." in states
     expect(member_names(page)).to_have_text(["ada"])
@@ -1609,6 +1615,7 @@ def test_chat_rejoins_after_drop(
 
     send_chat(page, "back again")
     expect_chat_message(chat_messages(page).last, "ada", "back again", "own", "you")
+    expect(chat_messages(page).last).not_to_have_class(re.compile("chat-earlier"))
     assert console_errors == []
 
 

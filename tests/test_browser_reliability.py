@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Iterable
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -22,6 +23,8 @@ from rtkit.auth import TokenAuth
 from .browsers import record_console_errors
 from .conftest import ThreadedServer, timeout
 from .test_browser import (
+    EVENT_MODES,
+    RUNNING_STATUS,
     choose_mode,
     counter,
     event_seqs,
@@ -185,6 +188,78 @@ def test_push_restart_reports_new_epoch(page: Page, console_errors: list[str]) -
         expect(page.get_by_test_id("epoch")).to_have_text(server.epoch)
         wait_for_counter(page, "events", 5)
         assert event_seqs(page) == [1, 2, 3, 1, 2]
+        assert counter(page, "duplicates") == 0
+    failures = unexpected(console_errors, is_reconnect_error)
+    assert failures == []
+
+
+LATENCY_SUMMARY = re.compile(r"^(-?\d+\.\d) / (-?\d+\.\d) ms$")
+"""The latency tile's text: median / max in milliseconds."""
+
+
+def start_events_mode(page: Page, url: str, mode: str) -> None:
+    """Open the client at ``url`` in ``mode`` and wait until it follows the stream."""
+    page.goto(url)
+    expect_open_with_greeting(page)
+    choose_mode(page, mode)
+    expect(page.get_by_test_id("status")).to_have_text(RUNNING_STATUS[mode])
+    if mode == "push":
+        expect(log_texts(page, "system")).to_contain_text(
+            ["subscribed after seq 0: the server pushes new events"]
+        )
+
+
+def replayed_seqs(page: Page) -> list[int]:
+    """Return the seq of each event row marked as replayed from the history."""
+    rows = page.get_by_test_id("events").locator("tr.replayed[data-seq]")
+    return [
+        int(seq) for seq in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")
+    ]
+
+
+def row_latencies_ms(page: Page, seqs: Iterable[int]) -> list[float]:
+    """Return the latency cells of the event rows with ``seqs``, in milliseconds."""
+    events = page.get_by_test_id("events")
+    cells = [events.locator(f'tr[data-seq="{seq}"] td.latency') for seq in seqs]
+    return [float(cell.text_content() or "") for cell in cells]
+
+
+@pytest.mark.parametrize("mode", EVENT_MODES)
+def test_latency_skips_replay_after_kill(
+    page: Page, console_errors: list[str], mode: str
+) -> None:
+    downtime_s = timeout(2)
+    threaded = ThreadedServer()
+    with threaded as server:
+        start_events_mode(page, page_url(server, **FAST_RECONNECT), mode)
+        publish(threaded, 3)
+        wait_for_counter(page, "events", 3)
+
+        threaded.call(server.kill())
+        expect(page.get_by_test_id("status")).to_have_text(
+            re.compile("retrying|connecting")
+        )
+        publish(threaded, 4)
+        # The events published while the server is down wait in its history
+        # for at least this long, so their latency would exceed the bound.
+        time.sleep(downtime_s)
+        threaded.call(server.start(keep_history=True))
+        wait_for_counter(page, "events", 7)
+        publish(threaded, 3)
+        wait_for_counter(page, "events", 10)
+
+        assert event_seqs(page) == list(range(1, 11))
+        assert replayed_seqs(page) == [4, 5, 6, 7]
+        for latency_ms in row_latencies_ms(page, range(4, 8)):
+            assert latency_ms >= downtime_s * 1000
+        summary = page.get_by_test_id("latency-summary").text_content() or ""
+        match = LATENCY_SUMMARY.fullmatch(summary)
+        assert match is not None, summary
+        max_ms = float(match[2])
+        assert max_ms < downtime_s * 1000, summary
+        live_max_ms = max(row_latencies_ms(page, [*range(1, 4), *range(8, 11)]))
+        assert max_ms == pytest.approx(live_max_ms, abs=0.1)
+        assert counter(page, "missed") == 0
         assert counter(page, "duplicates") == 0
     failures = unexpected(console_errors, is_reconnect_error)
     assert failures == []

@@ -113,6 +113,10 @@ def test_hijack_reads_target_without_origin_check(
         expect(page.get_by_test_id("explanation")).to_contain_text(
             f"accepted a WebSocket from this page's origin {page_origin(attacker)}"
         )
+        expect(page.get_by_test_id("explanation")).to_contain_text(
+            "started with check_origin=False, or from the command line with "
+            "--no-origin-check"
+        )
         events = page.get_by_test_id("events").locator("li")
         expect(events).to_have_text(
             ['#1 events: {"temperature":21}', '#2 events: {"temperature":22}']
