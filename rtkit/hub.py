@@ -11,16 +11,31 @@ missed, or learns how many fell out of the history.
 The hub's ``epoch`` is a random token chosen when the hub is created or reset
 (every server start). Sequence numbers are only comparable within one epoch, so
 a client that sees a new epoch learns that the server restarted and starts over.
+
+At most ``max_channels`` streams exist at once. To create one more, the hub
+evicts the least recently used idle channel: one without WebSocket subscribers,
+chat members or waiting long polls, other than :data:`DEFAULT_CHANNEL`. The
+events of an evicted channel are gone, but the hub records its last ``seq``
+(for the last :data:`MAX_RETIRED_CHANNELS` evicted channels), and a re-created
+stream continues after it, so a ``seq`` is not reused within an epoch. A client
+that resumes after such a gap receives the count of events it ``missed``.
+
+A ``since`` above the channel's latest ``seq`` cannot belong to this epoch's
+stream. Either the channel's record was forgotten and it restarted at 1, or the
+client is wrong about its position. The hub treats it like a new epoch for that
+channel. It returns the events from the first one kept, and sets ``reset``, so
+that the client starts over from ``seq`` 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +44,7 @@ __all__ = [
     "DEFAULT_CHANNEL",
     "DEFAULT_HISTORY_SIZE",
     "DEFAULT_MAX_CHANNELS",
+    "MAX_RETIRED_CHANNELS",
     "Event",
     "EventsAfter",
     "Hub",
@@ -40,7 +56,16 @@ __all__ = [
 DEFAULT_CHANNEL = "events"
 DEFAULT_HISTORY_SIZE = 1000
 DEFAULT_MAX_CHANNELS = 256
+MAX_RETIRED_CHANNELS = 4096
+"""Maximum number of evicted channels whose last ``seq`` the hub records. The
+oldest record is dropped first. With 64-character names, 4096 records took
+about 0.9 MB (tracemalloc, CPython 3.11)."""
+EVICTION_LOG_INTERVAL = 10.0
+"""Minimum seconds between two log lines about evicted channels. Each line
+counts the evictions since the previous one."""
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+logger = logging.getLogger("rtkit.hub")
 
 
 def short_repr(value: object, limit: int = 60) -> str:
@@ -101,15 +126,25 @@ class EventsAfter:
     """The latest ``seq`` published in this epoch (0 before the first event)."""
     missed: int = 0
     """Events after ``since`` that are no longer in the history."""
+    reset: bool = False
+    """Whether ``since`` was above ``latest``, so that ``events`` and ``missed``
+    count from ``seq`` 0 instead, as for a new epoch."""
 
     def to_json(self, epoch: str) -> dict[str, Any]:
-        """Return the ``/poll`` response body."""
-        return {
+        """Return the ``/poll`` response body.
+
+        ``reset`` is in the body only when it is true, so the usual body keeps
+        its four fields.
+        """
+        body = {
             "epoch": epoch,
             "seq": self.latest,
             "missed": self.missed,
             "events": [event.envelope(epoch) for event in self.events],
         }
+        if self.reset:
+            body["reset"] = True
+        return body
 
 
 class Stream:
@@ -118,11 +153,14 @@ class Stream:
     Args:
         channel: the channel name.
         history_size: how many recent events are kept.
+        latest: the ``seq`` that the first event follows, which is 0 for a
+            new channel and the last ``seq`` of an evicted one that is
+            re-created.
     """
 
-    def __init__(self, channel: str, history_size: int) -> None:
+    def __init__(self, channel: str, history_size: int, latest: int = 0) -> None:
         self.channel = channel
-        self.latest = 0
+        self.latest = latest
         """The latest ``seq`` published (0 before the first event)."""
         self.history: deque[Event] = deque(maxlen=history_size)
         self._changed: asyncio.Future[None] | None = None
@@ -139,15 +177,11 @@ class Stream:
         """Return the events after ``since`` that are still in the history.
 
         ``missed`` counts the events after ``since`` that already fell out of
-        the history, so the caller can tell the client about the gap.
+        the history, or were evicted with the channel, so the caller can tell
+        the client about the gap. A ``since`` above ``latest`` counts as 0,
+        with ``reset`` set.
         """
-        if not self.history or since >= self.latest:
-            return EventsAfter([], self.latest)
-        oldest = self.history[0].seq
-        missed = max(0, oldest - since - 1)
-        start = max(0, since + 1 - oldest)
-        events = [self.history[i] for i in range(start, len(self.history))]
-        return EventsAfter(events, self.latest, missed)
+        return _events_after(self.history, self.latest, since)
 
     def changed(self) -> asyncio.Future[None]:
         """Return a future that completes at the next append or wake-up."""
@@ -162,6 +196,19 @@ class Stream:
         self._changed = None
 
 
+def _events_after(history: deque[Event], latest: int, since: int) -> EventsAfter:
+    """Return the events after ``since``; see :meth:`Stream.events_after`."""
+    reset = since > latest
+    if reset:
+        since = 0
+    # Without history, the first event that could still be kept is the next one.
+    oldest = history[0].seq if history else latest + 1
+    missed = max(0, oldest - since - 1)
+    start = max(0, since + 1 - oldest)
+    events = [history[i] for i in range(start, len(history))]
+    return EventsAfter(events, latest, missed, reset)
+
+
 @dataclass
 class Hub:
     """The event streams of one server, one :class:`Stream` per channel.
@@ -174,6 +221,7 @@ class Hub:
             and for clients that resume; at least 1.
         max_channels: how many channels may exist at once, so that clients
             cannot grow the server's memory without bound by naming new ones.
+            Creating one more evicts the least recently used idle channel.
 
     Raises:
         ValueError: if ``history_size`` or ``max_channels`` is not a positive
@@ -184,11 +232,25 @@ class Hub:
     max_channels: int = DEFAULT_MAX_CHANNELS
     epoch: str = field(default_factory=lambda: secrets.token_hex(4))
     closed: bool = field(default=False, init=False)
-    streams: dict[str, Stream] = field(default_factory=dict, init=False)
+    streams: OrderedDict[str, Stream] = field(default_factory=OrderedDict, init=False)
+    """The stream of each channel, least recently used first."""
+    evictions: int = field(default=0, init=False)
+    """Channels evicted to make room for new ones, since the hub was created."""
     _subscribers: list[Callable[[Event], None]] = field(
         default_factory=list, init=False
     )
     _created: asyncio.Future[None] | None = field(default=None, init=False)
+    _retired: OrderedDict[str, int] = field(default_factory=OrderedDict, init=False)
+    """The last ``seq`` of evicted channels in this epoch, oldest eviction first."""
+    _forgotten: int = field(default=0, init=False)
+    """Records dropped from ``_retired`` in this epoch."""
+    _waiting: Counter[str] = field(default_factory=Counter, init=False)
+    """Long polls waiting in :meth:`wait_for_events`, by channel."""
+    _in_use_checks: list[Callable[[str], bool]] = field(
+        default_factory=list, init=False
+    )
+    _unlogged_evictions: int = field(default=0, init=False)
+    _eviction_logged_at: float = field(default=-math.inf, init=False)
 
     def __post_init__(self) -> None:
         for name, default in (
@@ -205,26 +267,120 @@ class Hub:
     def stream(self, channel: str = DEFAULT_CHANNEL) -> Stream:
         """Return the stream of ``channel``, creating it on first use.
 
+        With ``max_channels`` streams already there, creating one evicts the
+        least recently used idle channel first (see :meth:`is_idle`). A
+        re-created channel continues after the last ``seq`` recorded for it.
+
         Raises:
-            ValueError: if the name is invalid or ``max_channels`` streams
-                exist already.
+            ValueError: if the name is invalid, or ``max_channels`` streams
+                exist and none of them is idle.
         """
         stream = self.streams.get(channel)
-        if stream is None:
-            check_channel(channel)
-            if len(self.streams) >= self.max_channels:
+        if stream is not None:
+            self.streams.move_to_end(channel)
+            return stream
+        check_channel(channel)
+        while len(self.streams) >= self.max_channels:
+            idle = self._least_recently_used_idle()
+            if idle is None:
                 raise ValueError(
-                    f"too many channels: {len(self.streams)} exist, the maximum; "
-                    f"reuse a channel or raise max_channels (for {channel!r})"
+                    f"too many channels: {len(self.streams)} exist, the maximum "
+                    "(max_channels), and each has subscribers, members or "
+                    "waiting polls or is the default channel; retry once one "
+                    f"is idle, or raise max_channels (for {channel!r})"
                 )
-            stream = self.streams[channel] = Stream(channel, self.history_size)
-            self._wake_channel_waiters()
+            self._evict(idle, channel)
+        latest = self._retired.pop(channel, 0)
+        stream = self.streams[channel] = Stream(channel, self.history_size, latest)
+        self._wake_channel_waiters()
         return stream
+
+    def is_idle(self, channel: str) -> bool:
+        """Return whether ``channel`` may be evicted.
+
+        A channel is idle unless it is :data:`DEFAULT_CHANNEL`, a long poll
+        waits on it, or a check added with :meth:`add_in_use_check` returns
+        true for it (WebSocket subscribers and chat members).
+        """
+        if channel == DEFAULT_CHANNEL or self._waiting[channel]:
+            return False
+        return not any(check(channel) for check in self._in_use_checks)
+
+    def add_in_use_check(self, check: Callable[[str], bool]) -> Callable[[], None]:
+        """Keep each channel for which ``check(channel)`` is true from eviction.
+
+        ``check`` runs only when a channel must be evicted, so it must be fast.
+        Return a function that removes the check.
+        """
+        self._in_use_checks.append(check)
+
+        def remove() -> None:
+            if check in self._in_use_checks:
+                self._in_use_checks.remove(check)
+
+        return remove
+
+    def _least_recently_used_idle(self) -> str | None:
+        for channel in self.streams:
+            if self.is_idle(channel):
+                return channel
+        return None
+
+    def _evict(self, channel: str, for_channel: str) -> None:
+        """Remove the stream of ``channel`` and record its last ``seq``."""
+        stream = self.streams.pop(channel)
+        stream.wake_all()
+        # A channel without events needs no record, because no client can have
+        # received a seq of it.
+        if stream.latest:
+            self._retired[channel] = stream.latest
+            if len(self._retired) > MAX_RETIRED_CHANNELS:
+                self._forget_oldest_record()
+        self.evictions += 1
+        self._unlogged_evictions += 1
+        now = time.monotonic()
+        if now - self._eviction_logged_at < EVICTION_LOG_INTERVAL:
+            return
+        logger.info(
+            "evicted idle channel %r (last seq %d) to create %r, because "
+            "max_channels (%d) channels existed; %d channels evicted since the "
+            "last message like this one, %d in total",
+            channel,
+            stream.latest,
+            for_channel,
+            self.max_channels,
+            self._unlogged_evictions,
+            self.evictions,
+        )
+        self._unlogged_evictions = 0
+        self._eviction_logged_at = now
+
+    def _forget_oldest_record(self) -> None:
+        # NOTE: once a channel's record is gone, a client whose since is at or
+        # below the re-created channel's latest seq is not detected. It gets
+        # the new events after its since as if they followed its own.
+        channel, latest = self._retired.popitem(last=False)
+        self._forgotten += 1
+        if self._forgotten == 1:
+            # Once per epoch, because after the first, every further eviction
+            # of a channel with events forgets one more record.
+            logger.info(
+                "forgot the last seq (%d) of evicted channel %r, because the "
+                "last %d evicted channels are recorded; re-created, it starts "
+                "at seq 1 again, and clients resuming above its latest seq "
+                "start over",
+                latest,
+                channel,
+                MAX_RETIRED_CHANNELS,
+            )
 
     @property
     def latest(self) -> int:
-        """The latest ``seq`` of the default channel."""
-        return self.stream().latest
+        """The latest ``seq`` of the default channel (0 before it exists)."""
+        # Reading it must not create the channel, because that could evict
+        # another one.
+        stream = self.streams.get(DEFAULT_CHANNEL)
+        return stream.latest if stream is not None else 0
 
     @property
     def history(self) -> deque[Event]:
@@ -235,7 +391,9 @@ class Hub:
         """Start a new epoch: forget every channel, count from 1 again."""
         self.epoch = epoch or secrets.token_hex(4)
         self.closed = False
-        streams, self.streams = self.streams, {}
+        streams, self.streams = self.streams, OrderedDict()
+        self._retired.clear()
+        self._forgotten = 0
         for stream in streams.values():
             stream.wake_all()
         self._wake_channel_waiters()
@@ -266,7 +424,10 @@ class Hub:
         stream = self.streams.get(channel)
         if stream is None:
             check_channel(channel)
-            return EventsAfter([], 0)
+            # An evicted channel's events are gone, but its seq went on.
+            latest = self._retired.get(channel, 0)
+            return _events_after(deque(), latest, since)
+        self.streams.move_to_end(channel)
         return stream.events_after(since)
 
     async def wait_for_events(
@@ -275,31 +436,38 @@ class Hub:
         """Return the events after ``since``, waiting up to ``wait`` seconds.
 
         Returns at once when events are already there, or when ``since`` is
-        beyond the latest ``seq`` (a client from before a restart must learn
-        the new epoch now, not after the wait). Otherwise waits for the next
-        publish on ``channel``, :meth:`reset` or :meth:`close`, without polling.
+        beyond the latest ``seq`` (``reset``: a client from before a restart
+        must learn the new epoch now, not after the wait). Otherwise waits for
+        the next publish on ``channel``, :meth:`reset` or :meth:`close`,
+        without polling. While it waits, ``channel`` is not evicted.
 
         Raises:
-            ValueError: if ``channel`` is invalid or one too many.
+            ValueError: if ``channel`` is invalid.
         """
         check_channel(channel)
         deadline = time.monotonic() + wait
-        while True:
-            result = self.events_after(since, channel)
-            if result.events or result.missed or since > result.latest or self.closed:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not math.isfinite(remaining):
-                return result
-            # A poll must not create a channel, or pollers could use up
-            # max_channels; until the first publish it waits on the hub.
-            stream = self.streams.get(channel)
-            changed = stream.changed() if stream else self._channel_created()
-            try:
-                async with asyncio.timeout(remaining):
-                    await asyncio.shield(changed)
-            except TimeoutError:
-                return self.events_after(since, channel)
+        self._waiting[channel] += 1
+        try:
+            while True:
+                result = self.events_after(since, channel)
+                if result.events or result.missed or result.reset or self.closed:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not math.isfinite(remaining):
+                    return result
+                # A poll must not create a channel, or pollers could use up
+                # max_channels; until the first publish it waits on the hub.
+                stream = self.streams.get(channel)
+                changed = stream.changed() if stream else self._channel_created()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await asyncio.shield(changed)
+                except TimeoutError:
+                    return self.events_after(since, channel)
+        finally:
+            self._waiting[channel] -= 1
+            if not self._waiting[channel]:
+                del self._waiting[channel]
 
     def _channel_created(self) -> asyncio.Future[None]:
         if self._created is None or self._created.done():

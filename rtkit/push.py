@@ -12,6 +12,10 @@ message that is a JSON object with a ``type`` is a command:
     replay starts from the first event. The server first confirms with
     ``{"type": "subscribed", "channel", "epoch", "seq", "missed"}``, where
     ``missed`` counts events after ``SEQ`` that already left the history.
+    A ``SEQ`` above the channel's latest ``seq`` cannot be trusted (for
+    example, the channel was evicted and restarted at 1), so the replay
+    starts from the first event and the confirmation adds ``"reset": true``:
+    the client starts over from ``seq`` 0, as for a new epoch.
 ``{"type": "unsubscribe", "channel": C}``
     Stop pushing the events of ``C``; confirmed with ``unsubscribed``.
 ``{"type": "join", "channel": C, "name": NAME, "since": SEQ}``
@@ -34,13 +38,15 @@ Text that starts with ``{`` but is not valid JSON, is not an object, has no
 what was wrong, and the connection stays open. More commands can be
 added to :attr:`PushHandler.commands`.
 
-Three limits protect the server from one client. A client that sends more
-than ``max_rate`` messages per second (pings and plain text included) is
-closed with code 1008. A client that reads too slowly, so that more than
-``max_buffer`` bytes wait in its write buffer, is disconnected or skipped
-according to ``slow_policy``. A client whose write buffer sends nothing for
-``stall_timeout`` seconds is disconnected, even when no more messages are
-sent to it.
+Four limits protect the server from one client. One connection subscribes to
+or joins at most 64 channels, and only channels without subscribers, members
+or waiting long polls are evicted to make room for new ones (see
+:class:`~rtkit.hub.Hub`). A client that sends more than ``max_rate`` messages
+per second (pings and plain text included) is closed with code 1008. A client
+that reads too slowly, so that more than ``max_buffer`` bytes wait in its
+write buffer, is disconnected or skipped according to ``slow_policy``. A
+client whose write buffer sends nothing for ``stall_timeout`` seconds is
+disconnected, even when no more messages are sent to it.
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ SLOW_POLICIES = ("drop", "discard")
 """The values of ``slow_policy``."""
 MAX_NAME_LENGTH = 32
 MAX_SUBSCRIPTIONS = 64
-"""Channels one connection may subscribe to at once."""
+"""Channels one connection may subscribe to or join at once."""
 MAX_TEXT_LENGTH = 4096
 MAX_PING_ID_LENGTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -386,6 +392,9 @@ class PushHandler:
         """Every open connection and its state."""
         self.subscribers: dict[str, set[ServerConnection]] = {}
         """Connections subscribed to each channel."""
+        self.member_counts: Counter[str] = Counter()
+        """Connections that joined each channel; channels without members
+        have no entry."""
         self.commands: dict[str, Command] = {
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
@@ -409,6 +418,7 @@ class PushHandler:
         watchdog's last check."""
         self._watchdog: asyncio.Task[None] | None = None
         self._unsubscribe_hub = hub.subscribe(self._push)
+        self._remove_in_use_check = hub.add_in_use_check(self.is_channel_in_use)
 
     # Sending
 
@@ -644,6 +654,20 @@ class PushHandler:
             if not subscribers:
                 del self.subscribers[channel]
 
+    def is_channel_in_use(self, channel: str) -> bool:
+        """Return whether a connection subscribed to or joined ``channel``."""
+        return channel in self.subscribers or channel in self.member_counts
+
+    def _add_member(self, client: Client, channel: str) -> None:
+        if channel not in client.channels:
+            client.channels.add(channel)
+            self.member_counts[channel] += 1
+
+    def _remove_member(self, channel: str) -> None:
+        self.member_counts[channel] -= 1
+        if self.member_counts[channel] <= 0:
+            del self.member_counts[channel]
+
     def members(self, channel: str) -> list[Client]:
         """Return the clients that joined ``channel``, in order of arrival."""
         return [c for c in self.clients.values() if channel in c.channels]
@@ -707,6 +731,7 @@ class PushHandler:
             for channel in client.subscriptions:
                 self._drop_subscriber(channel, connection)
             for channel in client.channels:
+                self._remove_member(channel)
                 self.send_presence(channel)
             self.notify("disconnect", client)
 
@@ -753,8 +778,8 @@ class PushHandler:
                 connection,
                 error_message(
                     "unknown_type",
-                    f"unknown message type: {command['type']!r}; send one of "
-                    f"{known}, or plain text to echo",
+                    f"unknown message type: {short_repr(command['type'])}; send "
+                    f"one of {known}, or plain text to echo",
                 ),
             )
             return
@@ -799,27 +824,33 @@ class PushHandler:
             since = 0
 
         client = self.clients[connection]
+        # Joined channels count too, because a member that unsubscribed still
+        # keeps its channel from eviction.
+        subscribed_or_joined = client.subscriptions | client.channels
         if (
-            channel not in client.subscriptions
-            and len(client.subscriptions) >= MAX_SUBSCRIPTIONS
+            channel not in subscribed_or_joined
+            and len(subscribed_or_joined) >= MAX_SUBSCRIPTIONS
         ):
             raise CommandError(
                 "too_many_subscriptions",
-                f"too many subscriptions: {len(client.subscriptions)}, the "
-                "maximum per connection; unsubscribe from one first",
+                f"too many subscriptions: {len(subscribed_or_joined)} channels "
+                "subscribed or joined, the maximum per connection; unsubscribe "
+                "from or leave one first",
             )
         try:
             result = hub.stream(channel).events_after(since)
         except ValueError as exc:
             raise CommandError("too_many_channels", str(exc)) from None
 
-        confirmation = {
+        confirmation: dict[str, Any] = {
             "type": "subscribed",
             "channel": channel,
             "epoch": hub.epoch,
             "seq": result.latest,
             "missed": result.missed,
         }
+        if result.reset:
+            confirmation["reset"] = True
         # The replay and the registration happen without an await in between,
         # so no event is published between them: none is lost or sent twice.
         self.send([connection], confirmation)
@@ -828,12 +859,21 @@ class PushHandler:
         self.subscribers.setdefault(channel, set()).add(connection)
         client.subscriptions.add(channel)
 
+        if result.reset:
+            logger.info(
+                "client %s resumed %s after seq %d, above its latest seq %d; "
+                "replaying from the start",
+                client.id,
+                channel,
+                since,
+                result.latest,
+            )
         if result.missed:
             logger.info(
                 "client %s resumed %s after seq %d and missed %d events",
                 client.id,
                 channel,
-                since,
+                0 if result.reset else since,
                 result.missed,
             )
 
@@ -854,7 +894,7 @@ class PushHandler:
         client = self.clients[connection]
         client.name = name
         self._subscribe(connection, channel, since, command.get("epoch"))
-        client.channels.add(channel)
+        self._add_member(client, channel)
         self.send_presence(channel)
         self.notify("change", client)
 
@@ -876,6 +916,7 @@ class PushHandler:
         channel = _channel(command)
         client = self._member(connection, channel, "nothing to leave")
         client.channels.discard(channel)
+        self._remove_member(channel)
         await self.unsubscribe(connection, command)
         self.send_presence(channel)
         self.notify("change", client)
@@ -927,6 +968,7 @@ class PushHandler:
     def close(self) -> None:
         """Stop receiving events from the hub, and stop the watchdog."""
         self._unsubscribe_hub()
+        self._remove_in_use_check()
         self.subscribers.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 
+import rtkit.hub
 from rtkit.hub import Hub
 from rtkit.source import EventSource
 
@@ -31,7 +33,7 @@ def test_hub_events_after_returns_newer_only() -> None:
     assert result.latest == 5
     assert result.missed == 0
     assert hub.events_after(5).events == []
-    assert hub.events_after(99).events == []
+    assert len(hub.events_after(99).events) == 5
 
 
 def test_hub_history_overflow_reports_missed() -> None:
@@ -121,10 +123,27 @@ def test_hub_wait_stale_since_returns_at_once() -> None:
         hub = Hub()
         hub.publish("only")
         result = await asyncio.wait_for(hub.wait_for_events(50, 10), timeout(1))
-        assert result.events == []
+        assert result.reset
+        assert [event.seq for event in result.events] == [1]
         assert result.latest == 1
 
     run(scenario())
+
+
+def test_hub_since_above_latest_resets() -> None:
+    hub = Hub(history_size=3)
+    for i in range(5):
+        hub.publish(i)
+    result = hub.events_after(9)
+    assert result.reset
+    assert [event.seq for event in result.events] == [3, 4, 5]
+    assert result.missed == 2
+    assert result.to_json(hub.epoch)["reset"] is True
+    assert not hub.events_after(5).reset
+    assert "reset" not in hub.events_after(5).to_json(hub.epoch)
+    unknown = hub.events_after(4, channel="never")
+    assert unknown.reset
+    assert unknown.latest == 0
 
 
 def test_hub_close_releases_waiters() -> None:
@@ -137,6 +156,122 @@ def test_hub_close_releases_waiters() -> None:
         assert result.events == []
 
     run(scenario())
+
+
+# Channel eviction
+
+
+def test_hub_evicts_least_recently_used_idle() -> None:
+    hub = Hub(max_channels=3)
+    for channel in ("a", "b", "c"):
+        hub.publish(channel, channel=channel)
+    hub.publish("again", channel="a")
+    hub.publish("new", channel="d")
+    assert list(hub.streams) == ["c", "a", "d"]
+    assert hub.evictions == 1
+
+
+def test_hub_recreated_channel_continues_seq() -> None:
+    hub = Hub(max_channels=1)
+    for i in range(3):
+        hub.publish(i, channel="a")
+    hub.publish("evicts a", channel="b")
+    assert "a" not in hub.streams
+    evicted = hub.events_after(1, channel="a")
+    assert evicted.latest == 3
+    assert evicted.missed == 2
+    assert evicted.events == []
+    assert not evicted.reset
+    assert hub.publish("back", channel="a").seq == 4
+    resumed = hub.events_after(1, channel="a")
+    assert resumed.missed == 2
+    assert [event.seq for event in resumed.events] == [4]
+    assert not hub.events_after(3, channel="a").reset
+
+
+def test_hub_forgotten_record_resets_resume(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(rtkit.hub, "MAX_RETIRED_CHANNELS", 2)
+    caplog.set_level(logging.INFO, logger="rtkit.hub")
+    hub = Hub(max_channels=1)
+    for channel in ("a", "b", "c", "d"):
+        hub.publish(channel, channel=channel)
+        hub.publish(channel, channel=channel)
+    # "a" was evicted first, and its record gave way to that of "c".
+    assert hub.events_after(0, channel="b").latest == 2
+    assert hub.events_after(0, channel="a").latest == 0
+    assert hub.publish("restarted", channel="a").seq == 1
+    result = hub.events_after(2, channel="a")
+    assert result.reset
+    assert [event.data for event in result.events] == ["restarted"]
+    forgotten = [r for r in caplog.records if "forgot the last seq" in r.message]
+    assert len(forgotten) == 1
+
+
+def test_hub_default_channel_never_evicted() -> None:
+    hub = Hub(max_channels=2)
+    hub.publish("first")
+    hub.publish("x", channel="a")
+    hub.publish("y", channel="b")
+    assert list(hub.streams) == ["events", "b"]
+    assert not hub.is_idle("events")
+
+
+def test_hub_in_use_check_keeps_channel() -> None:
+    hub = Hub(max_channels=2)
+    remove = hub.add_in_use_check(lambda channel: channel == "kept")
+    hub.publish("x", channel="kept")
+    hub.publish("y", channel="a")
+    hub.publish("z", channel="b")
+    assert list(hub.streams) == ["kept", "b"]
+    remove()
+    hub.publish("w", channel="c")
+    assert list(hub.streams) == ["b", "c"]
+
+
+def test_hub_all_channels_busy_raises() -> None:
+    hub = Hub(max_channels=2)
+    hub.add_in_use_check(lambda channel: True)
+    hub.publish("x", channel="a")
+    hub.publish("y", channel="b")
+    with pytest.raises(ValueError, match="too many channels: 2 exist") as caught:
+        hub.publish("z", channel="c")
+    assert "raise max_channels (for 'c')" in str(caught.value)
+    assert list(hub.streams) == ["a", "b"]
+    assert hub.evictions == 0
+
+
+def test_hub_waiting_poll_keeps_channel() -> None:
+    async def scenario() -> None:
+        hub = Hub(max_channels=2)
+        hub.publish("old", channel="waited")
+        waiter = asyncio.create_task(
+            hub.wait_for_events(1, wait=timeout(5), channel="waited")
+        )
+        await asyncio.sleep(0.05)
+        assert not hub.is_idle("waited")
+        hub.publish("x", channel="a")
+        hub.publish("y", channel="b")
+        assert list(hub.streams) == ["waited", "b"]
+        hub.publish("new", channel="waited")
+        result = await asyncio.wait_for(waiter, timeout(1))
+        assert [event.data for event in result.events] == ["new"]
+        assert hub.is_idle("waited")
+
+    run(scenario())
+
+
+def test_hub_eviction_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rtkit.hub")
+    hub = Hub(max_channels=1)
+    for i in range(50):
+        hub.publish(i, channel=f"c{i}")
+    assert hub.evictions == 49
+    lines = [r for r in caplog.records if r.message.startswith("evicted")]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.INFO
+    assert "evicted idle channel 'c0' (last seq 1) to create 'c1'" in lines[0].message
 
 
 def test_source_fixed_rate_publishes_evenly() -> None:

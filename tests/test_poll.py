@@ -12,7 +12,7 @@ import pytest
 import rtkit
 from rtkit import routes
 
-from .conftest import run, timeout
+from .conftest import run, timeout, until
 
 
 async def poll(server: rtkit.Server, query: str) -> tuple[int, dict[str, Any]]:
@@ -227,6 +227,64 @@ def test_poll_long_polls_create_no_channels() -> None:
             assert [e["data"] for e in body["events"]] == ["first"]
 
     run(scenario())
+
+
+def test_poll_waiting_keeps_channel() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=2) as server:
+            server.publish("old", channel="waited")
+            waiting = asyncio.create_task(
+                poll(server, "since=1&wait=10&channel=waited")
+            )
+            await until(lambda: not server.hub.is_idle("waited"))
+            server.publish("a", channel="a")
+            server.publish("b", channel="b")
+            assert list(server.hub.streams) == ["waited", "b"]
+            server.publish("new", channel="waited")
+            _, body = await asyncio.wait_for(waiting, timeout(2))
+            assert [e["data"] for e in body["events"]] == ["new"]
+            assert [e["seq"] for e in body["events"]] == [2]
+
+    run(scenario())
+
+
+def test_poll_evicted_channel_reports_missed() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=1) as server:
+            for i in range(3):
+                server.publish(i, channel="gone")
+            server.publish("evicts gone", channel="other")
+            _, body = await poll(server, "since=1&channel=gone")
+            assert body["seq"] == 3
+            assert body["missed"] == 2
+            assert body["events"] == []
+            assert "reset" not in body
+            server.publish("back", channel="gone")
+            _, body = await poll(server, "since=3&channel=gone")
+            assert [e["seq"] for e in body["events"]] == [4]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("wait", ["", "&wait=10"], ids=["short", "long"])
+def test_poll_since_above_latest_resets(wait: str) -> None:
+    async def scenario() -> float:
+        async with rtkit.Server(port=0) as server:
+            server.publish("a")
+            server.publish("b")
+            started = time.monotonic()
+            status, body = await poll(server, f"since=9&epoch={server.epoch}{wait}")
+            elapsed = time.monotonic() - started
+            assert status == 200
+            assert body["reset"] is True
+            assert body["seq"] == 2
+            assert body["missed"] == 0
+            assert [e["seq"] for e in body["events"]] == [1, 2]
+            _, body = await poll(server, "since=2")
+            assert "reset" not in body
+            return elapsed
+
+    assert run(scenario()) < timeout(1)
 
 
 @pytest.mark.parametrize("since", ["%D9%A1%D9%A2", "1_0", "%2B5", "%205", "9" * 19])

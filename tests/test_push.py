@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -334,6 +335,7 @@ def test_push_odd_json_gets_errors_and_stays_open() -> None:
                         + '"}',
                         "invalid_name",
                     ),
+                    ('{"type": "' + "t" * 100_000 + '"}', "unknown_type"),
                 ]
                 for text, code in cases:
                     await client.send(text)
@@ -357,21 +359,171 @@ def test_push_odd_json_gets_errors_and_stays_open() -> None:
 def test_push_subscription_and_channel_limits() -> None:
     async def scenario() -> None:
         async with rtkit.Server(port=0, max_channels=200) as server:
-            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
-                await client.recv()
-                for i in range(65):
-                    await client.send(
-                        json.dumps({"type": "subscribe", "channel": f"c{i}"})
-                    )
-                    reply = await receive_json(client)
-                assert reply["code"] == "too_many_subscriptions"
+            holder = await connect(server.ws_url, open_timeout=timeout(2))
+            await holder.recv()
+            for i in range(65):
+                await holder.send(json.dumps({"type": "subscribe", "channel": f"c{i}"}))
+                reply = await receive_json(holder)
+            assert reply["code"] == "too_many_subscriptions"
             server.hub.max_channels = 64
             async with connect(server.ws_url, open_timeout=timeout(2)) as client:
                 await client.recv()
-                await client.send(json.dumps({"type": "subscribe", "channel": "new"}))
+                new = json.dumps({"type": "subscribe", "channel": "new"})
+                await client.send(new)
                 reply = await receive_json(client)
                 assert reply["code"] == "too_many_channels"
-            assert server.push.subscribers == {}
+                assert "each has subscribers, members or waiting" in reply["message"]
+                await holder.close()
+                await until(lambda: not server.push.is_channel_in_use("c0"))
+                await client.send(new)
+                assert (await receive_json(client))["type"] == "subscribed"
+                assert "c0" not in server.hub.streams
+            await until(lambda: server.push.subscribers == {})
+
+    run(scenario())
+
+
+def test_push_joined_channels_count_toward_limit() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_rate=None) as server:
+            async with connect(server.ws_url, open_timeout=timeout(2)) as client:
+                await client.recv()
+                for i in range(64):
+                    join = {"type": "join", "channel": f"c{i}", "name": "ada"}
+                    await client.send(json.dumps(join))
+                    await receive_type(client, "presence")
+                await client.send(json.dumps({"type": "unsubscribe", "channel": "c0"}))
+                await receive_type(client, "unsubscribed")
+                assert server.push.is_channel_in_use("c0")
+                join = {"type": "join", "channel": "extra", "name": "ada"}
+                await client.send(json.dumps(join))
+                error = await receive_type(client, "error")
+                assert error["code"] == "too_many_subscriptions"
+                assert "64 channels subscribed or joined" in error["message"]
+                await client.send(json.dumps({"type": "leave", "channel": "c0"}))
+                await receive_type(client, "unsubscribed")
+                assert not server.push.is_channel_in_use("c0")
+                await client.send(json.dumps(join))
+                assert (await receive_type(client, "subscribed"))["channel"] == "extra"
+            await until(lambda: not server.push.member_counts)
+
+    run(scenario())
+
+
+# Channel eviction
+
+
+async def subscribe_many(
+    server: rtkit.Server, names: list[str]
+) -> tuple[ClientConnection, list[dict[str, Any]]]:
+    """Connect and subscribe to each of ``names``; return the client and replies."""
+    client = await connect(server.ws_url, open_timeout=timeout(2))
+    await client.recv()
+    replies = []
+    for name in names:
+        await client.send(json.dumps({"type": "subscribe", "channel": name}))
+        replies.append(await receive_json(client))
+    return client, replies
+
+
+def test_push_closed_subscriptions_free_channels() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            clients = []
+            replies: list[dict[str, Any]] = []
+            for c in range(5):
+                client, more = await subscribe_many(
+                    server, [f"m{c}_{i}" for i in range(60)]
+                )
+                clients.append(client)
+                replies += more
+            # 256 channels are held at once, so the last 44 are rejected.
+            codes = Counter(reply.get("code", reply["type"]) for reply in replies)
+            assert codes == {"subscribed": 256, "too_many_channels": 44}
+            for client in clients:
+                await client.close()
+            await until(lambda: not server.push.clients)
+            ada = await joined_client(server, "ada")
+            assert len(server.hub.streams) == 256
+            assert "lobby" in server.hub.streams
+            assert server.hub.evictions == 1
+            await ada.close()
+
+    run(scenario())
+
+
+def test_chat_evicted_channel_continues_seq() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=4) as server:
+            for c in range(3):
+                client = await connect(server.ws_url, open_timeout=timeout(2))
+                await client.recv()
+                for i in range(3):
+                    channel = f"room{c}_{i}"
+                    join = {"type": "join", "channel": channel, "name": f"u{c}"}
+                    await client.send(json.dumps(join))
+                    await receive_type(client, "presence")
+                    text = {"type": "message", "channel": channel, "text": "hi"}
+                    for _ in range(2):
+                        await client.send(json.dumps(text))
+                        await receive_type(client, "event")
+                await client.close()
+                await until(lambda: not server.push.clients)
+            assert "room0_0" not in server.hub.streams
+            ada = await joined_client(server, "ada", channel="lobby")
+            await ada.send(
+                json.dumps(
+                    {"type": "join", "channel": "room0_0", "name": "ada", "since": 1}
+                )
+            )
+            confirmation = await receive_type(ada, "subscribed")
+            assert confirmation["seq"] == 2
+            assert confirmation["missed"] == 1
+            assert "reset" not in confirmation
+            message = {"type": "message", "channel": "room0_0", "text": "back"}
+            await ada.send(json.dumps(message))
+            event = await receive_type(ada, "event")
+            assert event["seq"] == 3
+            assert event["data"]["text"] == "back"
+            await ada.close()
+
+    run(scenario())
+
+
+def test_push_subscriber_keeps_channel() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0, max_channels=2) as server:
+            keeper, _ = await subscribe_many(server, ["kept"])
+            server.publish("x", channel="idle")
+            newcomer, replies = await subscribe_many(server, ["new"])
+            assert replies[0]["type"] == "subscribed"
+            assert list(server.hub.streams) == ["kept", "new"]
+            await newcomer.send(json.dumps({"type": "subscribe", "channel": "more"}))
+            error = await receive_json(newcomer)
+            assert error["code"] == "too_many_channels"
+            server.publish("still here", channel="kept")
+            event = await receive_json(keeper)
+            assert event["channel"] == "kept"
+            assert event["data"] == "still here"
+            await keeper.close()
+            await newcomer.close()
+
+    run(scenario())
+
+
+def test_push_since_above_latest_resets() -> None:
+    async def scenario() -> None:
+        async with rtkit.Server(port=0) as server:
+            server.publish("a")
+            server.publish("b")
+            client = await subscribed_client(server, since=7)
+            confirmation = await receive_json(client)
+            assert confirmation["reset"] is True
+            assert confirmation["seq"] == 2
+            assert confirmation["missed"] == 0
+            replayed = [(await receive_json(client))["seq"] for _ in range(2)]
+            assert replayed == [1, 2]
+            await client.close()
 
     run(scenario())
 
