@@ -274,6 +274,7 @@ class Follower:
     def accept_poll(self, body: dict[str, Any], received: float) -> None:
         """Record one ``/poll`` response body."""
         self.accept_epoch(body["epoch"])
+        self.accept_reset(body)
         # Events the server dropped from its history are counted once, here,
         # and the since pointer jumps over them so the gap is not counted again.
         events = body.get("events", [])
@@ -293,8 +294,25 @@ class Follower:
         that left the server's history, so the gap is counted once, here.
         """
         self.accept_epoch(message["epoch"])
+        self.accept_reset(message)
         if message.get("missed"):
             self.skip(message["missed"], HISTORY_GAP)
+
+    def accept_reset(self, body: dict[str, Any]) -> None:
+        """Start over from seq 0 when the server marks its reply ``reset``.
+
+        The server does so when ``since`` is above the channel's latest seq,
+        which happens when the channel was evicted and created again: the
+        position no longer belongs to its stream, so the replay starts from
+        the first event kept.
+        """
+        if body.get("reset") is True:
+            self.notice(
+                f"position reset: seq {self.since} is past the channel's latest "
+                "event (the server evicted and re-created it); following it "
+                "from its first event"
+            )
+            self.since = 0
 
 
 def _check_token(token: str | None) -> str | None:

@@ -1924,6 +1924,11 @@ function acceptJoin(message) {
     appendChatNotice("The server restarted. The messages below are from its new run.");
     chat.seq = 0;
   }
+  if (message.reset === true) {
+    log("system", `position reset: seq ${chat.seq} is past the channel's latest message, continuing from seq 0`);
+    appendChatNotice("The server reset this channel: the messages below are from its new stream.");
+    chat.seq = 0;
+  }
   chat.epoch = message.epoch;
   chat.replaySeq = message.seq;
   if (message.missed > 0) {
@@ -2394,6 +2399,7 @@ function acceptSubscribed(message) {
     return;
   }
   acceptEpoch(message.epoch);
+  acceptReset(message);
   acceptMissed(message.missed);
   // The server sends the replay right after this message and only then
   // registers the subscription, so every event up to message.seq is a replay.
@@ -2414,6 +2420,7 @@ function acceptSubscribed(message) {
 /** Records one /poll response body received at `receivedAt` (ms since the Unix epoch). */
 function acceptPoll(body, receivedAt) {
   acceptEpoch(body.epoch);
+  acceptReset(body);
   acceptMissed(body.missed);
   if (body.events.length === 0) {
     counters.empty += 1;
@@ -2441,6 +2448,27 @@ function acceptEpoch(epoch) {
     position.seq = 0;
   }
   position.epoch = epoch;
+  renderPosition();
+}
+
+/**
+ * Starts over from seq 0 when the server marks its reply `reset`: the page's
+ * seq is past the channel's latest event, because the server evicted the
+ * channel and created it again, so the position no longer belongs to it.
+ */
+function acceptReset(message) {
+  if (message.reset !== true) {
+    return;
+  }
+  log("system", `position reset: seq ${position.seq} is past the channel's latest event, continuing from seq 0`);
+  markStreamBreak(
+    "reset",
+    "The server reset this page's position: the channel was evicted and created again. " +
+      "The events below are from its new stream.",
+    `The server reset this page's position: seq ${position.seq} is past the channel's ` +
+      "latest event, so the page follows the channel again from its first event.",
+  );
+  position.seq = 0;
   renderPosition();
 }
 
@@ -2556,8 +2584,10 @@ function findSubscribedProblem(message, epoch, seq) {
       );
     }
   }
-  // A server in another epoch replays from its first event.
-  const since = epoch === null || epoch === message.epoch ? seq : 0;
+  // A server in another epoch, or one that marks its reply reset, replays
+  // from its first event.
+  const sameStream = (epoch === null || epoch === message.epoch) && message.reset !== true;
+  const since = sameStream ? seq : 0;
   if (message.missed > 0 && since + message.missed > message.seq) {
     return (
       `missed is ${message.missed} after seq ${since}, but the latest seq is ` +

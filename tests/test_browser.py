@@ -2135,3 +2135,63 @@ def test_poll_rejects_hostile_numbers(
         page.get_by_test_id("disconnect").click()
         expect(page.get_by_test_id("status")).to_have_text("closed")
     assert console_errors == []
+
+
+class ScriptedReplies:
+    """A WebSocket handler that replies to the n-th ``command`` with ``replies[n]``.
+
+    After each reply but the last, it closes the connection with 1012, so the
+    page reconnects and sends the command again.
+    """
+
+    def __init__(self, command: str, replies: list[list[str]]) -> None:
+        self.command = command
+        self.replies = replies
+        self.received: list[dict[str, Any]] = []
+
+    async def __call__(self, connection: ServerConnection) -> None:
+        async for text in connection:
+            if not isinstance(text, str) or not text.startswith("{"):
+                continue
+            message = json.loads(text)
+            if message.get("type") != self.command:
+                continue
+            self.received.append(message)
+            count = len(self.received)
+            for frame in self.replies[min(count, len(self.replies)) - 1]:
+                await connection.send(frame)
+            if count < len(self.replies):
+                await connection.close(1012, "restarting")
+
+
+def test_push_reset_starts_over(page: Page, console_errors: list[str]) -> None:
+    now = time.time()
+    stream = ScriptedReplies(
+        "subscribe",
+        [
+            [subscribed_frame(seq=5), *(event_frame(seq, now) for seq in range(1, 6))],
+            [
+                subscribed_frame(seq=2, reset=True),
+                *(event_frame(s, now) for s in (1, 2)),
+            ],
+        ],
+    )
+    with ThreadedServer(handler=stream) as server:
+        page.goto(server.url + FAST_RETRY_NO_HEARTBEAT)
+        expect(page.get_by_test_id("status")).to_have_text("open")
+        choose_mode(page, "push")
+
+        wait_until(lambda: len(stream.received) == 2, "the page to subscribe again")
+        expect(page.get_by_test_id("last-seq")).to_have_text("2")
+        assert event_seqs(page) == [1, 2, 3, 4, 5, 1, 2]
+        expect(stream_markers(page)).to_have_count(1)
+        expect(stream_markers(page)).to_have_attribute("data-marker", "reset")
+        expect(log_texts(page, "system")).to_contain_text(
+            [re.compile(r"^position reset: seq 5 is past the channel's latest event")]
+        )
+        assert counter(page, "duplicates") == 0
+        assert stream.received[1]["since"] == 5
+
+        page.get_by_test_id("disconnect").click()
+        expect(page.get_by_test_id("status")).to_have_text("closed")
+    assert console_errors == []

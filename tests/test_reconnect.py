@@ -21,6 +21,7 @@ from rtkit.auth import AuthenticationFailed, TokenAuth
 from rtkit.clients import (
     MAX_RETRY_AFTER,
     Backoff,
+    Follower,
     LongPoller,
     ShortPoller,
     WebSocketSubscriber,
@@ -587,3 +588,31 @@ def test_subscriber_waits_retry_after_when_full(
             return failed_while_full
 
     assert run(scenario(), units=10) == 1
+
+
+def test_follower_reset_starts_over() -> None:
+    follower = Follower("reset")
+    follower.since, follower.epoch = 50, "e1"
+    events = [{"seq": seq, "ts": 0.0} for seq in (1, 2, 3)]
+    body = {"epoch": "e1", "events": events, "missed": 0, "reset": True}
+    follower.accept_poll(body, 1.0)
+    assert [delivery.seq for delivery in follower.deliveries] == [1, 2, 3]
+    assert follower.duplicates == 0
+    assert follower.since == 3
+    assert follower.notices[-1].startswith("position reset: seq 50")
+
+
+def test_subscriber_since_past_latest_replays() -> None:
+    async def scenario() -> list[int]:
+        async with rtkit.Server(port=0) as server:
+            for n in range(3):
+                server.publish(n)
+            subscriber = WebSocketSubscriber(server.url)
+            subscriber.follower.since = 50
+            subscriber.follower.epoch = server.epoch
+            subscriber.start()
+            await until(lambda: subscriber.follower.since == 3, units=5)
+            follower = await subscriber.stop()
+            return [delivery.seq for delivery in follower.deliveries]
+
+    assert run(scenario()) == [1, 2, 3]
