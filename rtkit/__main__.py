@@ -121,10 +121,7 @@ def count_or_zero(text: str) -> int | None:
 
 def event_rate(text: str) -> float:
     """Parse the event source's rate for argparse, within EventSource's range."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = parse_number(text)
     if not 0 < value <= EventSource.MAX_RATE:
         raise argparse.ArgumentTypeError(
             f"invalid value: {text!r}; pass events per second, above 0 and at "
@@ -168,12 +165,17 @@ def token_from_environment() -> str | None:
     return token
 
 
+def parse_number(text: str) -> float:
+    """Return ``text`` as a float, or NaN when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def rate_or_zero(text: str) -> float | None:
     """Parse a rate for argparse: a positive number, or 0 for no limit."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = parse_number(text)
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(
             f"invalid value: {text!r}; pass a number of messages per second "
@@ -184,10 +186,7 @@ def rate_or_zero(text: str) -> float | None:
 
 def seconds(text: str) -> float:
     """Parse a duration for argparse: seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = parse_number(text)
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(
             f"invalid value: {text!r}; pass a number of seconds above 0"
@@ -208,10 +207,7 @@ def long_poll_wait(text: str) -> float:
 
 def seconds_or_zero(text: str) -> float | None:
     """Parse a duration for argparse: seconds above 0, or 0 (also 0.00) to disable."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = parse_number(text)
     if value == 0:
         return None
     if not 0 < value < math.inf:
