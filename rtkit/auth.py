@@ -10,7 +10,7 @@ ways, each with its own trade-off:
     missing or wrong token gets HTTP 401 before the upgrade.
 ``via="message"``
     The upgrade is accepted, and the first message must be ``{"type":
-    "auth", "token": TOKEN}`` within ``timeout`` seconds. The server answers
+    "auth", "token": TOKEN}`` within ``timeout`` seconds. The server replies
     ``{"type": "authenticated"}`` and only then runs the normal handler. A
     wrong or missing token closes the connection with 1008. The token stays
     out of URLs and logs, but unauthenticated clients hold a connection for

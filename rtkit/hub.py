@@ -362,8 +362,8 @@ class Hub:
         channel, latest = self._retired.popitem(last=False)
         self._forgotten += 1
         if self._forgotten == 1:
-            # Once per epoch, because after the first, every further eviction
-            # of a channel with events forgets one more record.
+            # Logged once per epoch, because after the first, every further
+            # eviction of a channel with events drops one more record.
             logger.info(
                 "forgot the last seq (%d) of evicted channel %r, because the "
                 "last %d evicted channels are recorded; re-created, it starts "

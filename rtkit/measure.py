@@ -642,8 +642,8 @@ async def measure_reconnect_storm(
         base: the backoff's first delay ceiling, in seconds.
         cap: the backoff's maximum delay, in seconds.
         keep_history: restart with the hub's epoch and history, so clients
-            resume without loss; ``False`` starts a new epoch, and the events
-            published while the server was down are lost.
+            resume without loss. ``False`` starts a new epoch, which loses the
+            events published while the server was down.
         publish_while_down: keep publishing while the server is down.
         downtime: seconds between the kill and the restart.
         rate: events per second during the run.

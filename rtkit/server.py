@@ -228,11 +228,11 @@ def _is_loopback(host: str) -> bool:
 class _LoopLock:
     """An :class:`asyncio.Lock` per event loop, created on first use.
 
-    A :class:`Server` may be created outside any loop and used from several,
-    one after the other (each ``asyncio.run``) or at once (a server thread
-    beside the notebook's loop), while an :class:`asyncio.Lock` raises
-    ``RuntimeError`` when it is used from a second loop. NOTE: calls from two
-    loops at once are therefore not serialized against each other.
+    A :class:`Server` may be created outside any loop and used from several
+    loops, one after the other (each ``asyncio.run``) or at once (a server
+    thread beside the notebook's loop). A single :class:`asyncio.Lock` raises
+    ``RuntimeError`` when a second loop uses it, so each loop gets its own.
+    NOTE: calls from two loops at once are therefore not serialized.
     """
 
     def __init__(self) -> None:
@@ -619,8 +619,8 @@ class Server:
             raise
         self._websocket_server = websocket_server
         # NOTE: a name that resolves to several addresses, such as localhost
-        # where /etc/hosts also lists ::1, gets one socket per address, and
-        # with port 0 each socket gets its own port; port and url name the first.
+        # where /etc/hosts also lists ::1, gets one socket per address. With
+        # port 0 each socket gets its own port, and port and url name the first.
         self._bound_port = websocket_server.sockets[0].getsockname()[1]
         _registry[self._bound_port] = self
 

@@ -267,7 +267,7 @@ def test_keepalive_blocked_server_closes_1011() -> None:
 
 def test_close_timeout_records_outage_during_block() -> None:
     """With a short close_timeout, the outage is recorded while the server's
-    loop is still blocked, not when the blocked server answers the close."""
+    loop is still blocked, not when the blocked server replies to the close."""
 
     async def scenario(threaded: ThreadedServer, server: rtkit.Server) -> None:
         subscriber = await connected_subscriber(

@@ -684,7 +684,7 @@ def test_server_url_reaches_wildcard_host(host: str, url_host: str) -> None:
 def loopback_binds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Bind every server to the loopback address of its host's family.
 
-    Start code still sees the host it was given, such as ``0.0.0.0``, but no
+    Start code still receives the host it was given, such as ``0.0.0.0``, but no
     socket listens beyond this machine. Returns the (host, port) pairs bound.
     """
     real_serve = rtkit.server.serve
